@@ -1,0 +1,363 @@
+"""inventory.yaml: defaults → sites → devices, validated with every problem reported as FILE:LINE.
+
+Inheritance is easy to predict: for each setting the most specific level that sets it wins
+(device, then site, then defaults); mappings (registrar, policy) merge key by key; lists replace.
+No secret ever lives here: models forbid unknown fields and none of them holds a password.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import zoneinfo
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
+
+from provisioner.macaddr import normalize_mac
+from provisioner.vendors import Catalog, VendorProfile
+from provisioner.yamlsrc import Problem, ProblemsError, Source, plain
+
+# Characters that break a vendor format or smuggle a setting: control characters (new lines make a
+# key=value file grow a line), '=' (a key assignment), markup and quotes (XML attributes).
+_UNSAFE_TEXT = re.compile(r'[\x00-\x1f\x7f=<>"\\]')
+_TOKEN = re.compile(r"[A-Za-z0-9._+-]{1,64}\Z")
+
+
+def _safe_text(v: str) -> str:
+    bad = _UNSAFE_TEXT.search(v)
+    if bad:
+        ch = bad.group()
+        shown = repr(ch) if ch.isprintable() else f"\\x{ord(ch):02x}"
+        raise ValueError(f"contains {shown}; control characters and = < > \" \\ would break vendor config formats")
+    return v
+
+
+def _token(v: str) -> str:
+    if not _TOKEN.match(v):
+        raise ValueError("use 1-64 of letters, digits and . _ + -")
+    return v
+
+
+def _mac(v: Any) -> str:
+    return normalize_mac(str(v))
+
+
+SafeText = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_safe_text)]
+Token = Annotated[str, AfterValidator(_token)]
+Mac = Annotated[str, AfterValidator(_mac)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Registrar(Strict):
+    kind: Literal["none", "kamailio", "asterisk", "fritzbox"] | None = None
+    host: Annotated[str, AfterValidator(_safe_text)] | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
+    domain: Annotated[str, AfterValidator(_safe_text)] | None = None
+    transport: Literal["tls", "tcp", "udp"] | None = None
+
+
+class Policy(Strict):
+    srtp: Literal["required", "optional", "off"] | None = None
+    enrolment_hours: float | None = Field(default=None, gt=0, le=24 * 30)
+    tftp: Literal["bootstrap", "full", "off"] | None = None
+    blocked_prefixes: list[Annotated[str, Field(pattern=r"^\+?[0-9*#]{1,20}$")]] | None = None
+
+
+class Settings(Strict):
+    """What every level may set; unset means inherit."""
+
+    provisioning_url: Annotated[str, Field(pattern=r"^https://[^\s\"'<>]+/$")] | None = None
+    tftp_url: Annotated[str, Field(pattern=r"^tftp://[^\s\"'<>/]+/$")] | None = None
+    timezone: str | None = None
+    ntp: list[Annotated[str, AfterValidator(_safe_text)]] | None = None
+    resync_interval: int | None = Field(default=None, ge=300, le=7 * 86400)
+    registrar: Registrar | None = None
+    policy: Policy | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v):
+        if v is not None:
+            try:
+                zoneinfo.ZoneInfo(v)
+            except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"unknown time zone {v!r} (use an IANA name such as Europe/Paris)") from None
+        return v
+
+
+class Line(Strict):
+    extension: Token
+    display_name: SafeText
+    auth_user: Token | None = None
+    number: Annotated[str, Field(pattern=r"^\+?[0-9]{2,20}$")] | None = None
+    label: SafeText | None = None
+
+
+class Site(Settings):
+    networks: list[str] = Field(min_length=1)
+    description: Annotated[str, Field(max_length=200), AfterValidator(_safe_text)] | None = None
+
+    @field_validator("networks")
+    @classmethod
+    def _nets(cls, v):
+        for n in v:
+            try:
+                ipaddress.ip_network(n, strict=True)
+            except ValueError as e:
+                raise ValueError(f"bad CIDR {n!r}: {e}") from None
+        return v
+
+
+class Device(Settings):
+    mac: Mac
+    vendor: str
+    model: str
+    site: str
+    name: SafeText | None = None
+    lines: list[Line] = Field(min_length=1)
+
+
+class Defaults(Settings):
+    pass
+
+
+BUILTIN = {
+    "provisioning_url": "https://127.0.0.1:8443/p/",
+    "tftp_url": "tftp://127.0.0.1:6969/",
+    "timezone": "UTC",
+    "ntp": ["pool.ntp.org"],
+    "resync_interval": 86400,
+    "registrar": {"kind": "none", "host": "sip.invalid", "port": None, "domain": None, "transport": "tls"},
+    "policy": {"srtp": "required", "enrolment_hours": 24.0, "tftp": "bootstrap", "blocked_prefixes": []},
+}
+
+
+@dataclass(frozen=True)
+class ResolvedRegistrar:
+    kind: str
+    host: str
+    port: int
+    domain: str
+    transport: str
+
+
+@dataclass(frozen=True)
+class ResolvedPolicy:
+    srtp: str
+    enrolment_hours: float
+    tftp: str
+    blocked_prefixes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ResolvedSettings:
+    """Every inheritable setting filled in, for one site (common files) or one device."""
+
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    provisioning_url: str
+    tftp_url: str
+    timezone: str
+    ntp: tuple[str, ...]
+    resync_interval: int
+    registrar: ResolvedRegistrar
+    policy: ResolvedPolicy
+
+    def in_site(self, ip: str) -> bool:
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(addr in n for n in self.networks)
+
+
+@dataclass(frozen=True)
+class ResolvedDevice:
+    """A device with every inherited setting filled in: what render and serve work from."""
+
+    mac: str
+    vendor: str
+    model: str
+    site: str
+    name: str | None
+    lines: tuple[Line, ...]
+    settings: ResolvedSettings
+
+
+def _merge(*layers: dict) -> dict:
+    out: dict = {}
+    for layer in layers:
+        for k, v in layer.items():
+            if v is None:
+                continue
+            if isinstance(v, dict) and isinstance(out.get(k), dict):
+                out[k] = _merge(out[k], v)
+            else:
+                out[k] = v
+    return out
+
+
+SETTING_KEYS = tuple(Settings.model_fields)
+
+
+def resolve_settings(*levels: Settings, networks: list[str] = ()) -> ResolvedSettings:
+    layers = [BUILTIN] + [m.model_dump(include=set(SETTING_KEYS), exclude_none=True) for m in levels]
+    s = _merge(*layers)
+    reg = dict(s["registrar"])
+    reg["domain"] = reg.get("domain") or reg["host"]
+    reg["port"] = reg.get("port") or (5061 if reg["transport"] == "tls" else 5060)
+    pol = s["policy"]
+    return ResolvedSettings(
+        networks=tuple(ipaddress.ip_network(n) for n in networks),
+        provisioning_url=s["provisioning_url"], tftp_url=s["tftp_url"], timezone=s["timezone"],
+        ntp=tuple(s["ntp"]), resync_interval=s["resync_interval"],
+        registrar=ResolvedRegistrar(**reg),
+        policy=ResolvedPolicy(srtp=pol["srtp"], enrolment_hours=pol["enrolment_hours"], tftp=pol["tftp"],
+                              blocked_prefixes=tuple(pol["blocked_prefixes"])),
+    )
+
+
+def resolve(defaults: Defaults, site: Site, device: Device) -> ResolvedDevice:
+    return ResolvedDevice(mac=device.mac, vendor=device.vendor, model=device.model, site=device.site,
+                          name=device.name, lines=tuple(device.lines),
+                          settings=resolve_settings(defaults, site, device, networks=site.networks))
+
+
+@dataclass
+class Inventory:
+    path: Path
+    source: Source
+    defaults: Defaults
+    sites: dict[str, Site]
+    devices: dict[str, Device]  # by canonical MAC
+    resolved: dict[str, ResolvedDevice]
+    device_index: dict[str, int]  # MAC -> position in the devices list (for error lines)
+    site_settings: dict[str, ResolvedSettings]
+
+    def device(self, mac: str) -> ResolvedDevice | None:
+        return self.resolved.get(mac)
+
+    def site_for_ip(self, ip: str) -> str | None:
+        """The site whose networks hold `ip` (most specific network wins)."""
+        best, best_len = None, -1
+        for name, st in self.site_settings.items():
+            for n in st.networks:
+                try:
+                    if ipaddress.ip_address(ip) in n and n.prefixlen > best_len:
+                        best, best_len = name, n.prefixlen
+                except ValueError:
+                    return None
+        return best
+
+    def settings_for_ip(self, ip: str) -> ResolvedSettings:
+        """Settings for a common (secret-free) file: the source's site if known, else the defaults."""
+        site = self.site_for_ip(ip)
+        return self.site_settings[site] if site else resolve_settings(self.defaults)
+
+
+TOP_KEYS = {"defaults", "sites", "devices"}
+
+
+def load_inventory(path: Path, catalog: Catalog) -> Inventory:
+    """Load and validate; raises ProblemsError listing every problem found."""
+    src = Source.load(path)
+    data = src.data if src.data is not None else {}
+    problems: list[Problem] = []
+    if not isinstance(data, dict):
+        raise ProblemsError([src.problem((), "the inventory must be a mapping with defaults, sites and devices")])
+    for k in data:
+        if k not in TOP_KEYS:
+            problems.append(src.problem((k,), f"unknown section (expected {', '.join(sorted(TOP_KEYS))})"))
+
+    defaults = Defaults()
+    if data.get("defaults") is not None:
+        try:
+            defaults = Defaults.model_validate(plain(data["defaults"]))
+        except ValidationError as e:
+            problems.extend(src.problems_from(e, ("defaults",)))
+
+    sites: dict[str, Site] = {}
+    raw_sites = data.get("sites") or {}
+    if not isinstance(raw_sites, dict):
+        problems.append(src.problem(("sites",), "must be a mapping of site name to site"))
+        raw_sites = {}
+    for name, raw in raw_sites.items():
+        if not _TOKEN.match(str(name)):
+            problems.append(src.problem(("sites", name), "site names use letters, digits and . _ + -"))
+        try:
+            sites[str(name)] = Site.model_validate(plain(raw) if raw is not None else {})
+        except ValidationError as e:
+            problems.extend(src.problems_from(e, ("sites", name)))
+    if not raw_sites:
+        problems.append(src.problem(("sites",), "at least one site is needed"))
+
+    devices: dict[str, Device] = {}
+    index: dict[str, int] = {}
+    raw_devices = data.get("devices") or []
+    if not isinstance(raw_devices, list):
+        problems.append(src.problem(("devices",), "must be a list of devices"))
+        raw_devices = []
+    ext_seen: dict[tuple[str, str], tuple] = {}
+    for i, raw in enumerate(raw_devices):
+        loc = ("devices", i)
+        try:
+            dev = Device.model_validate(plain(raw) if isinstance(raw, dict) else raw)
+        except ValidationError as e:
+            problems.extend(src.problems_from(e, loc))
+            continue
+        if dev.mac in devices:
+            problems.append(src.problem(loc + ("mac",), f"duplicate MAC, already used by devices[{index[dev.mac]}]"))
+            continue
+        vendor = catalog.get(dev.vendor)
+        if vendor is None:
+            problems.append(src.problem(loc + ("vendor",),
+                                        f"unknown vendor {dev.vendor!r} (known: {', '.join(sorted(catalog.vendors))})"))
+        elif dev.model not in vendor.models:
+            problems.append(src.problem(loc + ("model",),
+                                        f"unknown {vendor.name} model {dev.model!r} (known: {', '.join(vendor.models)})"))
+        elif len(dev.lines) > vendor.models[dev.model].lines:
+            problems.append(src.problem(loc + ("lines",),
+                                        f"{vendor.name} {dev.model} has {vendor.models[dev.model].lines} line(s), "
+                                        f"{len(dev.lines)} given"))
+        if dev.site not in raw_sites:
+            problems.append(src.problem(loc + ("site",),
+                                        f"unknown site {dev.site!r} (known: {', '.join(map(str, raw_sites)) or 'none'})"))
+        for j, line in enumerate(dev.lines):
+            for fld in ("extension", "auth_user"):
+                val = getattr(line, fld)
+                if val is None:
+                    continue
+                key = (dev.site, val)
+                if key in ext_seen and ext_seen[key] != (i, j, fld) and not (fld == "auth_user" and val == line.extension):
+                    a, b, f = ext_seen[key]
+                    problems.append(src.problem(loc + ("lines", j, fld),
+                                                f"{val!r} already used in site {dev.site} by devices[{a}].lines[{b}].{f}"))
+                ext_seen.setdefault(key, (i, j, fld))
+        devices[dev.mac] = dev
+        index[dev.mac] = i
+
+    if problems:
+        raise ProblemsError(problems)
+    resolved = {}
+    for mac, dev in devices.items():
+        r = resolve(defaults, sites[dev.site], dev)
+        if r.settings.registrar.host == "sip.invalid":
+            problems.append(src.problem(("devices", index[mac], "registrar"),
+                                        "no registrar host set (in defaults, the site or the device)"))
+        resolved[mac] = r
+    if problems:
+        raise ProblemsError(problems)
+    site_settings = {n: resolve_settings(defaults, st, networks=st.networks) for n, st in sites.items()}
+    return Inventory(path, src, defaults, sites, devices, resolved, index, site_settings)
+
+
+def vendor_of(catalog: Catalog, dev: ResolvedDevice) -> VendorProfile:
+    v = catalog.get(dev.vendor)
+    assert v is not None  # load_inventory checked it
+    return v

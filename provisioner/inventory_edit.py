@@ -1,0 +1,49 @@
+"""Edits of inventory.yaml that keep the operator's comments, order and quoting (ruamel round-trip).
+
+An edit is written to a temporary file next to the inventory, validated in full, and only then renamed
+over it: a bad edit never leaves a broken inventory behind.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+
+from provisioner.inventory import Inventory, load_inventory
+from provisioner.vendors import Catalog
+from provisioner.yamlsrc import round_trip
+
+
+def add_device(path: Path, catalog: Catalog, entry: dict) -> Inventory:
+    y = round_trip()
+    data = y.load(path.read_text(encoding="utf-8")) or CommentedMap()
+    devs = data.get("devices")
+    if devs is None:
+        devs = data["devices"] = CommentedSeq()
+    node = CommentedMap()
+    for k, v in entry.items():
+        if k == "lines":
+            seq = CommentedSeq()
+            for ln in v:
+                seq.append(CommentedMap(ln))
+            node[k] = seq
+        else:
+            node[k] = v
+    devs.append(node)
+    fd, tmp = tempfile.mkstemp(prefix=".inventory-", suffix=".yaml", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            y.dump(data, f)
+        inv = load_inventory(Path(tmp), catalog)  # raises ProblemsError: nothing replaced
+        mode = path.stat().st_mode & 0o777
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    inv.path = path
+    inv.source.path = path
+    return inv

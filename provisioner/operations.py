@@ -1,0 +1,192 @@
+"""Use cases, each one function that the CLI (and later the API) calls; each writes the audit log."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import dataclass
+
+from provisioner import credentials as pw
+from provisioner.desired import credential_names, device_context
+from provisioner.errors import InputError, NotConfirmed, UnknownDevice
+from provisioner.inventory import ResolvedDevice, vendor_of
+from provisioner.macaddr import normalize_mac
+from provisioner.render import sha256
+from provisioner.runtime import Runtime
+from provisioner.secret import Secret
+from provisioner.store import DeviceState, utcnow
+
+
+def _rule_for(name: str) -> str:
+    return "sip" if name.startswith("sip:") else name
+
+
+def generate_credentials(rt: Runtime, dev: ResolvedDevice) -> dict[str, Secret]:
+    vendor = vendor_of(rt.catalog, dev)
+    forbidden = vendor.factory_passwords()
+    out: dict[str, Secret] = {}
+    for name in credential_names(dev, vendor):
+        while True:
+            s = pw.generate(vendor.passwords[_rule_for(name)], forbidden)
+            if s not in out.values():  # never two equal secrets on one device
+                out[name] = s
+                break
+    return out
+
+
+def desired_hash(rt: Runtime, dev: ResolvedDevice, creds: dict[str, Secret]) -> str:
+    vendor = vendor_of(rt.catalog, dev)
+    _, data = rt.renderer.device_file(device_context(dev, vendor, creds), vendor.trigger)
+    return sha256(data)
+
+
+def resolve_mac(rt: Runtime, mac: str) -> ResolvedDevice:
+    try:
+        mac = normalize_mac(mac)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    dev = rt.inventory.device(mac)
+    if dev is None:
+        raise UnknownDevice(f"no device {mac} in {rt.inventory_path}")
+    return dev
+
+
+@dataclass
+class SyncResult:
+    added: list[str]
+    updated: list[str]
+
+
+def sync_inventory(rt: Runtime, actor: str = "system") -> SyncResult:
+    """Bring the store in line with inventory.yaml: new devices get credentials and an open enrolment
+    window; credentials for new lines are added; desired hashes are recomputed."""
+    store = rt.store
+    now = utcnow()
+    added, updated = [], []
+    for mac, dev in rt.inventory.resolved.items():
+        state = store.device(mac)
+        vendor = vendor_of(rt.catalog, dev)
+        if state is None:
+            creds = generate_credentials(rt, dev)
+            with store.write() as c:
+                store.create_device(c, mac, dev.vendor, dev.model, dev.site, "enrolling",
+                                    dev.settings.policy.enrolment_hours, now)
+                store.add_credentials(c, mac, 1, "active", creds, now)
+                store.update_device(c, mac, desired_hash=desired_hash(rt, dev, creds))
+                store.append_audit(c, actor, "device.added", mac, "in inventory, not yet in the store",
+                                   {"vendor": dev.vendor, "model": dev.model, "site": dev.site,
+                                    "enrolment_expires": (now + dt.timedelta(hours=dev.settings.policy.enrolment_hours)).isoformat()})
+            added.append(mac)
+            continue
+        with store.write() as c:
+            changes = {}
+            if (state.vendor, state.model, state.site) != (dev.vendor, dev.model, dev.site):
+                changes.update(vendor=dev.vendor, model=dev.model, site=dev.site)
+            for status in ("active", "pending"):
+                creds = store.credentials(mac, status, conn=c)
+                if not creds:
+                    continue
+                missing = [n for n in credential_names(dev, vendor) if n not in creds]
+                if missing:  # a line was added: give it its own password in this generation
+                    gen = state.generation if status == "active" else store.next_generation(c, mac) - 1
+                    extra = {n: pw.generate(vendor.passwords[_rule_for(n)], vendor.factory_passwords())
+                             for n in missing}
+                    store.add_credentials(c, mac, gen, status, extra, now)
+                    creds.update(extra)
+                h = desired_hash(rt, dev, creds)
+                key = "desired_hash" if status == "active" else "pending_hash"
+                if getattr(state, key) != h:
+                    changes[key] = h
+            if changes:
+                store.update_device(c, mac, **changes)
+                store.append_audit(c, actor, "device.updated", mac, "inventory changed",
+                                   {k: v for k, v in changes.items() if not k.endswith("hash")} or {"config": "changed"})
+                updated.append(mac)
+    return SyncResult(added, updated)
+
+
+def device_row(rt: Runtime, st: DeviceState) -> dict:
+    def iso(v):
+        return v.isoformat(timespec="seconds") if v else None
+    in_sync = st.served_hash is not None and st.served_hash == st.desired_hash and st.pending_hash is None
+    return {"mac": st.mac, "vendor": st.vendor, "model": st.model, "site": st.site, "state": st.state,
+            "last_seen": iso(st.last_seen), "last_ip": st.last_ip, "served_hash": st.served_hash,
+            "desired_hash": st.desired_hash, "pending_hash": st.pending_hash, "in_sync": in_sync,
+            "enrol_expires_at": iso(st.enrol_expires_at), "in_inventory": st.mac in rt.inventory.resolved}
+
+
+def list_devices(rt: Runtime) -> list[dict]:
+    sync_inventory(rt)
+    return [device_row(rt, st) for st in rt.store.all_devices()]
+
+
+def render_device(rt: Runtime, mac: str, masked: bool = True) -> dict[str, bytes]:
+    dev = resolve_mac(rt, mac)
+    sync_inventory(rt)
+    vendor = vendor_of(rt.catalog, dev)
+    st = rt.store.device(dev.mac)
+    status = "pending" if st and st.pending_hash else "active"
+    creds = {} if masked else rt.store.credentials(dev.mac, status)
+    return rt.renderer.device_files(device_context(dev, vendor, creds, masked=masked))
+
+
+@dataclass
+class ReprovisionResult:
+    mac: str
+    generation: int
+    pending_hash: str
+    confirmed: bool
+    state: str
+
+
+def reprovision(rt: Runtime, mac: str, actor: str, why: str = "reprovision requested") -> ReprovisionResult:
+    """Phase one of a two-phase rotation: new SIP, web and provisioning secrets as a pending generation.
+
+    The device keeps fetching with its current provisioning credentials and gets the config of the
+    pending generation; the server switches generations when it serves exactly that config
+    (Store.promote_pending). Until then the old credentials keep working.
+    """
+    dev = resolve_mac(rt, mac)
+    sync_inventory(rt, actor)
+    store = rt.store
+    now = utcnow()
+    creds = generate_credentials(rt, dev)
+    old = store.credentials(dev.mac, "active")
+    for name, secret in creds.items():  # never hand out a secret the device held before
+        if old.get(name) == secret:
+            raise RuntimeError("password generator repeated a secret")  # 2^-100: not worth a retry path
+    h = desired_hash(rt, dev, creds)
+    with store.write() as c:
+        st = store.device(dev.mac)
+        if st.state in ("decommissioned", "locked"):
+            raise InputError(f"device {dev.mac} is {st.state}; unlock or re-adopt it first")
+        store.set_credential_status(c, dev.mac, "pending", "discarded", now)  # a rotation in flight is replaced
+        gen = store.next_generation(c, dev.mac)
+        store.add_credentials(c, dev.mac, gen, "pending", creds, now)
+        new_state = "rotating" if st.state == "provisioned" else st.state
+        store.update_device(c, dev.mac, pending_hash=h, state=new_state)
+        store.append_audit(c, actor, "rotation.started", dev.mac, why,
+                           {"generation": gen, "names": sorted(creds)}, now)
+    return ReprovisionResult(dev.mac, gen, h, False, new_state)
+
+
+def wait_for_fetch(rt: Runtime, mac: str, pending_hash: str, timeout: float, poll: float = 0.5) -> bool:
+    """True once the device fetched the config with `pending_hash` (the rotation switched)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        st = rt.store.device(mac)
+        if st is not None and st.pending_hash != pending_hash and st.desired_hash == pending_hash:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
+
+
+def reopen_enrolment(rt: Runtime, mac: str, actor: str, why: str) -> None:
+    """Open a fresh enrolment window (adopt again, reset): the next fetch from the site enrols."""
+    dev = resolve_mac(rt, mac)
+    now = utcnow()
+    with rt.store.write() as c:
+        rt.store.update_device(c, dev.mac, state="enrolling", enrol_opened_at=now, lock_reason=None,
+                               enrol_expires_at=now + dt.timedelta(hours=dev.settings.policy.enrolment_hours))
+        rt.store.append_audit(c, actor, "enrolment.opened", dev.mac, why, {}, now)

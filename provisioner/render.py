@@ -1,0 +1,135 @@
+"""Jinja2 rendering that refuses to write an unsafe config.
+
+Sandboxed, StrictUndefined, templates compiled once per process. Before a template runs, every value
+of the context is checked against the vendor's format (control characters anywhere; '=' outside URLs in
+key=value files; XML gets autoescaping); the error names the device and the field, never the value.
+After rendering, the output must parse as its format (the key=value header, or well-formed XML with the
+expected root) before anyone can be served it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from jinja2.sandbox import SandboxedEnvironment
+
+from provisioner.desired import DeviceContext
+from provisioner.errors import RenderError
+from provisioner.secret import Secret
+from provisioner.vendors import FileSpec, VendorProfile
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _finalize(value: Any) -> Any:
+    if isinstance(value, Secret):
+        value = value.reveal()
+    if value is None:
+        raise RenderError("a template printed an empty (None) value; guard optional settings with {% if %}")
+    if isinstance(value, str) and _CONTROL.search(value):
+        raise RenderError("a value with a control character reached a template")
+    return value
+
+
+def _make_env(templates_dir: Path, autoescape: bool) -> SandboxedEnvironment:
+    return SandboxedEnvironment(
+        loader=jinja2.FileSystemLoader(str(templates_dir)),
+        undefined=jinja2.StrictUndefined,
+        autoescape=autoescape,
+        finalize=_finalize,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        auto_reload=False,
+        cache_size=-1,
+    )
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class Renderer:
+    def __init__(self, templates_dir: Path):
+        self.templates_dir = templates_dir
+        self._envs = {"keyvalue": _make_env(templates_dir, False), "xml": _make_env(templates_dir, True)}
+
+    def check_context(self, ctx: Any, fmt: str, who: str, path: str = "") -> None:
+        """Refuse values that would break or smuggle settings into the format; name the field."""
+        if isinstance(ctx, dict):
+            for k, v in ctx.items():
+                self.check_context(v, fmt, who, f"{path}.{k}" if path else str(k))
+            return
+        if isinstance(ctx, (list, tuple)):
+            for i, v in enumerate(ctx):
+                self.check_context(v, fmt, who, f"{path}[{i}]")
+            return
+        text = ctx.reveal() if isinstance(ctx, Secret) else ctx
+        if not isinstance(text, str):
+            return
+        if _CONTROL.search(text):
+            raise RenderError(f"{who}: field {path}: contains a control character (new line, tab, ...); refused")
+        if fmt == "keyvalue" and "=" in text and not path.endswith("url"):
+            raise RenderError(f"{who}: field {path}: contains '=', which would read as a setting "
+                              f"in a key=value file; refused")
+
+    def render(self, vendor: VendorProfile, template: str, ctx: dict, who: str) -> bytes:
+        self.check_context(ctx, vendor.format, who)
+        env = self._envs[vendor.format]
+        try:
+            text = env.get_template(template).render(ctx)
+        except jinja2.UndefinedError as e:
+            raise RenderError(f"{who}: template {template}: {e.message}") from None
+        except jinja2.TemplateError as e:
+            raise RenderError(f"{who}: template {template}: {type(e).__name__}: {e.message}") from None
+        except RenderError as e:
+            raise RenderError(f"{who}: template {template}: {e}") from None
+        data = text.encode("utf-8")
+        self._check_output(vendor, template, data, who)
+        return data
+
+    @staticmethod
+    def _check_output(vendor: VendorProfile, template: str, data: bytes, who: str) -> None:
+        if vendor.format == "keyvalue":
+            first = data.split(b"\n", 1)[0].decode()
+            if vendor.keyvalue_header and first != vendor.keyvalue_header:
+                raise RenderError(f"{who}: template {template}: first line must be {vendor.keyvalue_header!r}")
+            for n, line in enumerate(data.decode().splitlines(), 1):
+                s = line.strip()
+                if s and not s.startswith("#") and "=" not in s and not s.startswith("include:"):
+                    raise RenderError(f"{who}: template {template}: line {n} is not key = value")
+        else:
+            try:
+                root = ET.fromstring(data)
+            except ET.ParseError as e:
+                raise RenderError(f"{who}: template {template}: output is not well-formed XML ({e})") from None
+            if root.tag != vendor.xml_root and not template.endswith(".htm.j2"):
+                raise RenderError(f"{who}: template {template}: root element <{root.tag}>, "
+                                  f"expected <{vendor.xml_root}>")
+
+    def device_file(self, dctx: DeviceContext, spec: FileSpec) -> tuple[str, bytes]:
+        who = f"device {dctx.device.mac}"
+        return spec.filename_for(mac=dctx.device.mac, model=dctx.device.model), \
+            self.render(dctx.vendor, spec.template, dctx.values, who)
+
+    def device_files(self, dctx: DeviceContext) -> dict[str, bytes]:
+        """Every file this device would fetch over HTTPS, by file name."""
+        return dict(self.device_file(dctx, spec) for spec in dctx.vendor.files)
+
+    def compile_all(self) -> list[str]:
+        """Compile every template once; returns the problems found (for `provisioner check`)."""
+        problems = []
+        for path in sorted(self.templates_dir.rglob("*.j2")):
+            name = path.relative_to(self.templates_dir).as_posix()
+            for env in self._envs.values():
+                try:
+                    env.get_template(name)
+                except jinja2.TemplateSyntaxError as e:
+                    problems.append(f"{path}:{e.lineno}: template: {e.message}")
+                    break
+        return problems

@@ -1,0 +1,89 @@
+"""Where things live (--home, --inventory, --state) and the loaded pieces every entry point shares."""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from provisioner.crypto import Keyring, load_or_create_key
+from provisioner.inventory import Inventory, load_inventory
+from provisioner.render import Renderer
+from provisioner.store import Store
+from provisioner.vendors import Catalog, load_catalog
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def vendors_dir() -> Path:
+    return Path(os.environ.get("PROVISIONER_VENDORS", ROOT / "vendors"))
+
+
+def templates_dir() -> Path:
+    return Path(os.environ.get("PROVISIONER_TEMPLATES", ROOT / "templates"))
+
+
+def secure_home(home: Path) -> Path:
+    """--home holds the master key, the CA key and the database: 0700, created if missing."""
+    home.mkdir(parents=True, exist_ok=True)
+    os.chmod(home, 0o700)
+    return home
+
+
+@dataclass
+class Runtime:
+    home: Path
+    inventory_path: Path
+    state_url: str | None = None
+    _inventory: Inventory | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return self.state_url or f"sqlite:///{(self.home / 'state.db').resolve()}"
+
+    @cached_property
+    def catalog(self) -> Catalog:
+        return load_catalog(vendors_dir(), templates_dir())
+
+    @cached_property
+    def renderer(self) -> Renderer:
+        return Renderer(templates_dir())
+
+    @property
+    def inventory(self) -> Inventory:
+        if self._inventory is None:
+            self._inventory = load_inventory(self.inventory_path, self.catalog)
+        return self._inventory
+
+    def reload_inventory(self) -> Inventory:
+        self._inventory = None
+        return self.inventory
+
+    @cached_property
+    def keyring(self) -> Keyring:
+        secure_home(self.home)
+        return Keyring(load_or_create_key(self.home))
+
+    @cached_property
+    def store(self) -> Store:
+        secure_home(self.home)
+        return Store.open(self.url, self.keyring)
+
+    def setup_logging(self, verbose: bool = False) -> None:
+        """Log to <home>/logs/provisioner.log (0600) and stderr. Nothing logged ever holds a secret."""
+        logs = secure_home(self.home) / "logs"
+        logs.mkdir(mode=0o700, exist_ok=True)
+        path = logs / "provisioner.log"
+        if not path.exists():
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+        fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        fh = logging.handlers.RotatingFileHandler(path, maxBytes=20 * 2**20, backupCount=5)
+        fh.setFormatter(fmt)
+        sh = logging.StreamHandler()
+        sh.setFormatter(fmt)
+        root = logging.getLogger()
+        root.handlers[:] = [fh, sh]
+        root.setLevel(logging.DEBUG if verbose else logging.INFO)

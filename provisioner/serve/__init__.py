@@ -1,0 +1,104 @@
+"""`provisioner serve`: phone-facing HTTPS and TFTP in one process."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from urllib.parse import urlsplit
+
+import uvicorn
+
+from provisioner.errors import InputError
+from provisioner.operations import sync_inventory
+from provisioner.runtime import Runtime
+from provisioner.serve.digest import DigestAuth
+from provisioner.serve.https import create_app
+from provisioner.serve.pipeline import EventRecorder, Pipeline
+from provisioner.serve.tftp import TftpService
+from provisioner.serve.tls import ensure_tls
+
+log = logging.getLogger("provisioner.serve")
+
+
+def parse_hostport(text: str, what: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InputError(f"--{what}: expected HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def _check_bind(kind: int, host: str, port: int, what: str) -> None:
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(fam, kind) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise InputError(f"--{what} {host}:{port}: cannot listen there ({e.strerror})") from None
+
+
+def server_names(rt: Runtime, https_host: str) -> set[str]:
+    names = {"localhost", "127.0.0.1"}
+    if https_host not in ("0.0.0.0", "::"):
+        names.add(https_host)
+    inv = rt.inventory
+    for s in list(inv.site_settings.values()) + [d.settings for d in inv.resolved.values()]:
+        host = urlsplit(s.provisioning_url).hostname
+        if host:
+            names.add(host)
+    return names
+
+
+def run(rt: Runtime, https: str, tftp: str | None, echo=print) -> None:
+    https_host, https_port = parse_hostport(https, "https")
+    tftp_addr = parse_hostport(tftp, "tftp") if tftp else None
+    _check_bind(socket.SOCK_STREAM, https_host, https_port, "https")
+    if tftp_addr:
+        _check_bind(socket.SOCK_DGRAM, *tftp_addr, "tftp")
+    inv = rt.inventory
+    result = sync_inventory(rt, actor="serve")
+    tls = ensure_tls(rt.home, server_names(rt, https_host))
+    recorder = EventRecorder(rt)
+    pipeline = Pipeline(rt, tls.ca_cert.read_bytes(), recorder, DigestAuth(rt.keyring.derive("digest-nonce")))
+    tftp_service = None
+    if tftp_addr:
+        tftp_service = TftpService(pipeline, tftp_addr[0], tftp_addr[1], rt.home / "tftp-root")
+        tftp_service.start()
+    config = uvicorn.Config(create_app(pipeline), host=https_host, port=https_port,
+                            ssl_certfile=str(tls.cert), ssl_keyfile=str(tls.key), log_level="warning",
+                            access_log=False, server_header=False, date_header=True,
+                            timeout_keep_alive=15, limit_concurrency=4096, h11_max_incomplete_event_size=16384)
+    server = uvicorn.Server(config)
+    log.info("serving %d devices (%d new) from %s", len(inv.resolved), len(result.added), rt.inventory_path)
+    echo(banner(rt, https_host, https_port, tftp_addr, tls.ca_cert))
+    try:
+        server.run()
+    finally:
+        if tftp_service:
+            tftp_service.stop()
+        recorder.close()
+        log.info("stopped")
+
+
+def banner(rt: Runtime, host: str, port: int, tftp_addr, ca_path) -> str:
+    inv = rt.inventory
+    base = f"https://{host if host not in ('0.0.0.0', '::') else '127.0.0.1'}:{port}/p/"
+    lines = [f"provisioner: HTTPS on {host}:{port}" + (f", TFTP on {tftp_addr[0]}:{tftp_addr[1]}" if tftp_addr else "")
+             + f", {len(inv.resolved)} devices, state in {rt.home}"]
+    dev = next(iter(inv.resolved.values()), None)
+    if dev:
+        vendor = rt.catalog.get(dev.vendor)
+        fname = vendor.trigger.filename_for(mac=dev.mac)
+        ua = vendor.user_agent_for(dev.model, dev.mac) or vendor.display_name
+        lines += [
+            "",
+            "Fetch a config like a phone does (the first fetch from the site's networks enrols the device",
+            "and hands it its own provisioning credentials; every later fetch needs them):",
+            f"  curl --cacert {ca_path} -A '{ua}' {base}{fname}",
+            f"  curl --cacert {ca_path} -A '{ua}' --digest -u {dev.mac}:PASSWORD {base}{fname}",
+            "  (PASSWORD is static.auto_provision.server.password from the first answer)",
+        ]
+        if tftp_addr:
+            lines.append(f"  tftp {tftp_addr[0]} {tftp_addr[1]} -m binary -c get {fname} bootstrap.cfg   (secret-free)")
+    lines.append("Stop with Ctrl-C.")
+    return "\n".join(lines)

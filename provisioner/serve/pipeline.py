@@ -1,0 +1,288 @@
+"""identify → authorize → render → respond → record, shared by HTTPS and TFTP.
+
+Everything a device is refused gets the same answer (HTTPS: one 401 challenge, whatever the MAC);
+the reason is recorded for `explain`/the technician, never sent to the client.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import re
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from provisioner.desired import common_context, device_context
+from provisioner.errors import RenderError
+from provisioner.inventory import ResolvedDevice
+from provisioner.render import sha256
+from provisioner.runtime import Runtime
+from provisioner.secret import Secret
+from provisioner.serve.digest import DigestAuth, parse_authorization
+from provisioner.store import utcnow
+from provisioner.vendors import FileMatch, VendorProfile
+
+log = logging.getLogger("provisioner.serve")
+
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}\Z")
+CA_NAME = "ca.pem"
+UNAUTHORIZED_BODY = b"authentication required\n"
+DUMMY = Secret("x" * 24)
+
+
+@dataclass
+class Request:
+    transport: str  # https | tftp
+    filename: str
+    ip: str
+    user_agent: str | None = None
+    authorization: str | None = None
+    method: str = "GET"
+    path: str = ""
+
+
+@dataclass
+class Reply:
+    status: int
+    body: bytes = b""
+    content_type: str = "text/plain; charset=utf-8"
+    reason: str = ""
+    mac: str | None = None
+    digest: str | None = None
+    stale: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+def unauthorized(reason: str, mac: str | None = None, stale: bool = False) -> Reply:
+    return Reply(401, UNAUTHORIZED_BODY, reason=reason, mac=mac, stale=stale)
+
+
+class EventRecorder:
+    """Writes fetch events in batches off the request path."""
+
+    def __init__(self, rt: Runtime, interval: float = 0.2, batch: int = 500):
+        self._rt = rt
+        self._q: queue.Queue = queue.Queue(maxsize=100_000)
+        self._interval = interval
+        self._batch = batch
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="event-recorder", daemon=True)
+        self._thread.start()
+
+    def record(self, req: Request, reply: Reply) -> None:
+        row = {"at": utcnow(), "mac": reply.mac, "source_ip": req.ip, "transport": req.transport,
+               "filename": req.filename[:255], "status": reply.status, "hash": reply.digest,
+               "user_agent": (req.user_agent or "")[:255] or None, "reason": reply.reason[:255]}
+        try:
+            self._q.put_nowait(row)
+        except queue.Full:
+            log.warning("event queue full; dropping a fetch event")
+
+    def _drain(self) -> None:
+        rows = []
+        while len(rows) < self._batch:
+            try:
+                rows.append(self._q.get_nowait())
+            except queue.Empty:
+                break
+        if rows:
+            try:
+                self._rt.store.record_fetches(rows)
+            except Exception:  # never let the recorder die; the rows carry no secrets
+                log.exception("could not record %d fetch events", len(rows))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            while not self._q.empty():
+                self._drain()
+        while not self._q.empty():
+            self._drain()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+class Pipeline:
+    def __init__(self, rt: Runtime, ca_pem: bytes, recorder: EventRecorder | None = None,
+                 digest: DigestAuth | None = None):
+        self.rt = rt
+        self.catalog = rt.catalog
+        self.renderer = rt.renderer
+        self.ca_pem = ca_pem
+        self.recorder = recorder
+        self.digest = digest or DigestAuth()
+        self._cache: dict[tuple, bytes] = {}
+        self._lock = threading.Lock()
+
+    # ---- entry points ----------------------------------------------------------------------------
+
+    def handle(self, req: Request) -> Reply:
+        try:
+            reply = self._https(req) if req.transport == "https" else self._tftp(req)
+        except RenderError as e:
+            log.error("render refused: %s", e)
+            reply = Reply(500, b"configuration could not be rendered\n", reason=str(e)[:255])
+        if self.recorder:
+            self.recorder.record(req, reply)
+        return reply
+
+    # ---- identify --------------------------------------------------------------------------------
+
+    def _identify(self, req: Request) -> tuple[Reply | None, FileMatch | None, ResolvedDevice | None]:
+        name = req.filename
+        if not SAFE_NAME.match(name):
+            return Reply(404, b"not found\n", reason="file name refused (not a plain file name)"), None, None
+        if name == CA_NAME:
+            return Reply(200, self.ca_pem, "application/x-pem-file", reason="CA certificate"), None, None
+        matches = self.catalog.match_file(name)
+        if not matches:
+            return Reply(404, b"not found\n", reason="no vendor profile asks for this file name"), None, None
+        per_device = [m for m in matches if m.mac]
+        if not per_device:
+            ua = self.catalog.parse_user_agent(req.user_agent)
+            chosen = next((m for m in matches if ua and m.vendor.name == ua.vendor), matches[0])
+            return None, chosen, None
+        inv = self.rt.inventory
+        for m in per_device:
+            dev = inv.device(m.mac)
+            if dev is not None and dev.vendor == m.vendor.name:
+                return None, m, dev
+        return None, per_device[0], None
+
+    def _ua_problem(self, vendor: VendorProfile, mac: str, ua: str | None) -> str | None:
+        info = self.catalog.parse_user_agent(ua)
+        if info is None or info.vendor != vendor.name:
+            return f"User-Agent does not fit the {vendor.name} profile"
+        if info.mac and info.mac != mac:
+            return f"User-Agent carries MAC {info.mac}, the file is for {mac}"
+        return None
+
+    # ---- render ----------------------------------------------------------------------------------
+
+    def _common(self, m: FileMatch, ip: str, template: str) -> bytes:
+        settings = self.rt.inventory.settings_for_ip(ip)
+        key = ("common", m.vendor.name, template, m.model, settings)
+        with self._lock:
+            hit = self._cache.get(key)
+        if hit is None:
+            hit = self.renderer.render(m.vendor, template, common_context(m.vendor, settings, m.model),
+                                       f"{m.vendor.name} common file")
+            with self._lock:
+                self._cache[key] = hit
+        return hit
+
+    def _device_body(self, m: FileMatch, dev: ResolvedDevice, creds: dict[str, Secret], version: str | None) -> bytes:
+        key = ("device", dev.mac, m.spec.name, version)
+        with self._lock:
+            hit = self._cache.get(key)
+        if hit is None or version is None:
+            _, hit = self.renderer.device_file(device_context(dev, m.vendor, creds), m.spec)
+            with self._lock:
+                if len(self._cache) > 200_000:
+                    self._cache.clear()
+                self._cache[key] = hit
+        return hit
+
+    # ---- HTTPS -----------------------------------------------------------------------------------
+
+    def _https(self, req: Request) -> Reply:
+        early, m, dev = self._identify(req)
+        if early:
+            return early
+        if m.mac is None:
+            body = self._common(m, req.ip, m.spec.template)
+            return Reply(200, body, reason=f"common {m.vendor.name} file", digest=sha256(body))
+
+        store = self.rt.store
+        cred = parse_authorization(req.authorization)
+        st = store.device(dev.mac) if dev else None
+        if st is None:
+            if cred:  # same work as for a real device, so timing does not tell
+                self.digest.verify(cred, req.method, req.path, DUMMY.reveal())
+            return unauthorized("unknown device" if dev is None else "device not yet synced to the store")
+        mac = dev.mac
+        if st.state in ("locked", "decommissioned"):
+            if cred:
+                self.digest.verify(cred, req.method, req.path, DUMMY.reveal())
+            return unauthorized(f"device is {st.state}", mac)
+
+        active = store.credentials(mac, "active")
+        pending = store.credentials(mac, "pending") if st.pending_hash else {}
+        now = utcnow()
+        how = None
+        if cred is not None:
+            stale = False
+            if cred.username == mac:
+                for creds in (active, pending):
+                    p = creds.get("provisioning")
+                    if p is None:
+                        continue
+                    ok, st_ = self.digest.verify(cred, req.method, req.path, p.reveal())
+                    stale = stale or st_
+                    if ok:
+                        how = "digest (pending credentials)" if creds is pending else "digest"
+                        break
+            else:
+                self.digest.verify(cred, req.method, req.path, DUMMY.reveal())
+            if how is None:
+                return unauthorized("digest credentials refused" + (" (stale nonce)" if stale else ""), mac, stale)
+        ua_problem = self._ua_problem(m.vendor, mac, req.user_agent)
+        if how is None:
+            if st.state != "enrolling":
+                return unauthorized("no credentials and the enrolment window is closed", mac)
+            if st.enrol_expires_at is None or now > st.enrol_expires_at:
+                return unauthorized("enrolment window expired; reopen it with adopt/reset", mac)
+            if not dev.settings.in_site(req.ip):
+                return unauthorized(f"enrolment refused: {req.ip} is outside site {dev.site}'s networks", mac)
+            if ua_problem:
+                return unauthorized(f"enrolment refused: {ua_problem}", mac)
+            if not store.claim_enrolment(mac, req.ip, now):
+                return unauthorized("enrolment already used by another request", mac)
+            store.audit("device", "device.enrolled", mac, f"first fetch from {req.ip} in the enrolment window",
+                        {"file": req.filename, "user_agent": (req.user_agent or "")[:200]})
+            how = "enrolment (credentials handed out)"
+        elif ua_problem:
+            return unauthorized(ua_problem, mac)
+
+        creds, version = (pending, st.pending_hash) if st.pending_hash else (active, st.desired_hash)
+        body = self._device_body(m, dev, creds, version)
+        digest = sha256(body)
+        if m.spec.trigger:
+            store.mark_served(mac, digest, req.ip, req.user_agent, now)
+            if st.pending_hash == digest and store.promote_pending(mac, digest, now):
+                log.info("device %s fetched the config of its new credential generation", mac)
+        return Reply(200, body, reason=f"served by {how}", mac=mac, digest=digest)
+
+    # ---- TFTP ------------------------------------------------------------------------------------
+
+    def _tftp(self, req: Request) -> Reply:
+        req.filename = req.filename.lstrip("/")
+        early, m, dev = self._identify(req)
+        if early:
+            return early
+        settings = self.rt.inventory.settings_for_ip(req.ip)
+        if settings.policy.tftp == "off":
+            return Reply(404, reason="TFTP is off for this network")
+        if m.mac is None:
+            body = self._common(m, req.ip, m.spec.tftp_template or m.spec.template)
+            return Reply(200, body, reason=f"common {m.vendor.name} file", digest=sha256(body))
+        if dev is not None and dev.settings.policy.tftp == "full" and dev.settings.in_site(req.ip):
+            st = self.rt.store.device(dev.mac)
+            if st is not None and st.state not in ("locked", "decommissioned"):
+                creds, version = ((self.rt.store.credentials(dev.mac, "pending"), st.pending_hash) if st.pending_hash
+                                  else (self.rt.store.credentials(dev.mac, "active"), st.desired_hash))
+                body = self._device_body(m, dev, creds, version)
+                return Reply(200, body, reason="full config over TFTP (site policy tftp: full)", mac=dev.mac,
+                             digest=sha256(body))
+        if not m.spec.tftp_template:
+            return Reply(404, reason="no TFTP bootstrap for this file", mac=dev.mac if dev else None)
+        # the same secret-free bootstrap for every MAC, known or not
+        body = self._common(m, req.ip, m.spec.tftp_template)
+        return Reply(200, body, reason="bootstrap (secret-free)", mac=dev.mac if dev else None,
+                     digest=sha256(body))
+
+
+def load_ca(home: Path) -> bytes:
+    return (home / "tls" / "ca.pem").read_bytes()

@@ -1,0 +1,269 @@
+"""State store: SQLite (WAL) in --home by default, PostgreSQL by URL for replicas.
+
+The store offers transactional primitives (claim an enrolment once, promote a pending credential
+generation when its config was served); the operations decide when to call them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+from provisioner.crypto import Keyring
+from provisioner.secret import Secret
+from provisioner.store.schema import audit_head, audit_log, credentials, devices, fetch_events
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def as_utc(v: dt.datetime | None) -> dt.datetime | None:
+    """SQLite hands back naive datetimes; everything we store is UTC."""
+    if v is None:
+        return None
+    return v if v.tzinfo else v.replace(tzinfo=dt.timezone.utc)
+
+
+def _aad(mac: str, name: str, generation: int) -> str:
+    return f"{mac}|{name}|{generation}"
+
+
+def _sqlite_pragmas(dbapi_conn, _record):
+    dbapi_conn.isolation_level = None  # SQLAlchemy emits BEGIN itself (see make_engine)
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        # Writers take the lock at BEGIN (Store.write), so a read-then-write transaction never fails
+        # to upgrade its lock; readers stay deferred and never wait on a writer (WAL).
+        @event.listens_for(engine, "begin")
+        def _begin(conn):
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("write") else "BEGIN")
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+def alembic_config(conn) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["connection"] = conn
+    return cfg
+
+
+def migrate(engine: Engine, revision: str = "head", down: bool = False) -> None:
+    with engine.begin() as conn:
+        cfg = alembic_config(conn)
+        (command.downgrade if down else command.upgrade)(cfg, revision)
+
+
+@dataclass(frozen=True)
+class DeviceState:
+    mac: str
+    vendor: str
+    model: str
+    site: str
+    state: str
+    generation: int
+    enrol_expires_at: dt.datetime | None
+    enrolled_at: dt.datetime | None
+    last_seen: dt.datetime | None
+    last_ip: str | None
+    last_ua: str | None
+    served_hash: str | None
+    desired_hash: str | None
+    pending_hash: str | None
+    lock_reason: str | None
+
+    @classmethod
+    def from_row(cls, r) -> "DeviceState":
+        return cls(r.mac, r.vendor, r.model, r.site, r.state, r.generation, as_utc(r.enrol_expires_at),
+                   as_utc(r.enrolled_at), as_utc(r.last_seen), r.last_ip, r.last_ua, r.served_hash,
+                   r.desired_hash, r.pending_hash, r.lock_reason)
+
+
+class Store:
+    def __init__(self, engine: Engine, keyring: Keyring):
+        self.engine = engine
+        self.keyring = keyring
+
+    def __repr__(self) -> str:
+        return f"Store({self.engine.url.render_as_string(hide_password=True)})"
+
+    @classmethod
+    def open(cls, url: str, keyring: Keyring) -> "Store":
+        engine = make_engine(url)
+        migrate(engine)
+        return cls(engine, keyring)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def write(self) -> Iterator[sa.Connection]:
+        """A write transaction (SQLite: BEGIN IMMEDIATE; PostgreSQL: row locks via with_for_update)."""
+        with self.engine.connect() as conn:
+            conn.execution_options(write=True)
+            with conn.begin():
+                yield conn
+
+    # ---- devices ---------------------------------------------------------------------------------
+
+    def device(self, mac: str) -> DeviceState | None:
+        with self.engine.connect() as c:
+            r = c.execute(sa.select(devices).where(devices.c.mac == mac)).first()
+        return DeviceState.from_row(r) if r else None
+
+    def all_devices(self) -> list[DeviceState]:
+        with self.engine.connect() as c:
+            return [DeviceState.from_row(r) for r in c.execute(sa.select(devices).order_by(devices.c.mac))]
+
+    def create_device(self, conn, mac: str, vendor: str, model: str, site: str, state: str,
+                      enrol_hours: float | None, now: dt.datetime) -> None:
+        expires = now + dt.timedelta(hours=enrol_hours) if enrol_hours else None
+        conn.execute(devices.insert().values(
+            mac=mac, vendor=vendor, model=model, site=site, state=state, generation=1,
+            enrol_opened_at=now if expires else None, enrol_expires_at=expires,
+            created_at=now, updated_at=now))
+
+    def update_device(self, conn, mac: str, **values: Any) -> int:
+        values.setdefault("updated_at", utcnow())
+        return conn.execute(devices.update().where(devices.c.mac == mac).values(**values)).rowcount
+
+    def claim_enrolment(self, mac: str, ip: str, now: dt.datetime) -> bool:
+        """Close the enrolment window for this device; True for exactly one caller, across replicas."""
+        with self.write() as c:
+            n = c.execute(devices.update().where(
+                devices.c.mac == mac, devices.c.state == "enrolling",
+                devices.c.enrol_expires_at > now,
+            ).values(state="provisioned", enrolled_at=now, enrolled_from=ip, updated_at=now)).rowcount
+        return n == 1
+
+    # ---- credentials -----------------------------------------------------------------------------
+
+    def add_credentials(self, conn, mac: str, generation: int, status: str, secrets: Mapping[str, Secret],
+                        now: dt.datetime) -> None:
+        conn.execute(credentials.insert(), [
+            {"mac": mac, "name": name, "generation": generation, "status": status,
+             "sealed": self.keyring.seal(secret, _aad(mac, name, generation)), "created_at": now}
+            for name, secret in secrets.items()])
+
+    def credentials(self, mac: str, status: str = "active", conn=None) -> dict[str, Secret]:
+        q = sa.select(credentials.c.name, credentials.c.generation, credentials.c.sealed).where(
+            credentials.c.mac == mac, credentials.c.status == status)
+        if conn is None:
+            with self.engine.connect() as c:
+                rows = c.execute(q).all()
+        else:
+            rows = conn.execute(q).all()
+        return {r.name: self.keyring.open(r.sealed, _aad(mac, r.name, r.generation)) for r in rows}
+
+    def credential_history(self, mac: str) -> list[dict]:
+        """Generations and their status, without the sealed values."""
+        with self.engine.connect() as c:
+            rows = c.execute(sa.select(credentials.c.name, credentials.c.generation, credentials.c.status,
+                                       credentials.c.created_at, credentials.c.retired_at)
+                             .where(credentials.c.mac == mac)
+                             .order_by(credentials.c.generation, credentials.c.name)).all()
+        return [dict(r._mapping) for r in rows]
+
+    def set_credential_status(self, conn, mac: str, from_status: str, to_status: str, now: dt.datetime) -> int:
+        return conn.execute(credentials.update().where(
+            credentials.c.mac == mac, credentials.c.status == from_status).values(
+            status=to_status, retired_at=now if to_status in ("retired", "discarded") else None)).rowcount
+
+    def next_generation(self, conn, mac: str) -> int:
+        g = conn.execute(sa.select(sa.func.max(credentials.c.generation)).where(credentials.c.mac == mac)).scalar()
+        return (g or 0) + 1
+
+    def promote_pending(self, mac: str, served_hash: str, now: dt.datetime) -> bool:
+        """If `served_hash` is the pending config, make the pending generation active and retire the old one.
+
+        True when this call switched (exactly once, even with replicas racing on the same fetch).
+        """
+        with self.write() as c:
+            row = c.execute(sa.select(devices.c.pending_hash, devices.c.state)
+                            .where(devices.c.mac == mac).with_for_update()).first()
+            if row is None or row.pending_hash is None or row.pending_hash != served_hash:
+                return False
+            gen = c.execute(sa.select(sa.func.max(credentials.c.generation)).where(
+                credentials.c.mac == mac, credentials.c.status == "pending")).scalar()
+            self.set_credential_status(c, mac, "active", "retired", now)
+            self.set_credential_status(c, mac, "pending", "active", now)
+            self.update_device(c, mac, generation=gen, desired_hash=served_hash, pending_hash=None,
+                               state="provisioned" if row.state == "rotating" else row.state, updated_at=now)
+            self.append_audit(c, "device", "rotation.confirmed", mac,
+                              "the device fetched the config of the new credential generation",
+                              {"generation": gen}, now)
+        return True
+
+    # ---- fetch events ----------------------------------------------------------------------------
+
+    def record_fetches(self, rows: Iterable[dict]) -> None:
+        rows = list(rows)
+        if not rows:
+            return
+        with self.write() as c:
+            c.execute(fetch_events.insert(), rows)
+
+    def mark_served(self, mac: str, digest: str, ip: str, ua: str | None, now: dt.datetime) -> None:
+        with self.write() as c:
+            self.update_device(c, mac, served_hash=digest, last_seen=now, last_ip=ip,
+                               last_ua=(ua or "")[:255], updated_at=now)
+
+    def fetches(self, mac: str | None = None, limit: int = 20) -> list[dict]:
+        q = sa.select(fetch_events).order_by(fetch_events.c.id.desc()).limit(limit)
+        if mac is not None:
+            q = q.where(fetch_events.c.mac == mac)
+        with self.engine.connect() as c:
+            return [dict(r._mapping) for r in c.execute(q)]
+
+    # ---- audit log (append-only, hash-chained) ---------------------------------------------------
+
+    def append_audit(self, conn, actor: str, action: str, target: str | None, why: str | None,
+                     details: dict | None = None, now: dt.datetime | None = None) -> None:
+        now = now or utcnow()
+        head = conn.execute(sa.select(audit_head).where(audit_head.c.id == 1).with_for_update()).one()
+        body = json.dumps(details or {}, sort_keys=True, default=str)
+        entry = {"at": now.isoformat(), "actor": actor, "action": action, "target": target, "why": why,
+                 "details": body}
+        h = hashlib.sha256((head.last_hash + json.dumps(entry, sort_keys=True)).encode()).hexdigest()
+        res = conn.execute(audit_log.insert().values(at=now, actor=actor, action=action, target=target, why=why,
+                                                     details=body, prev_hash=head.last_hash, entry_hash=h))
+        conn.execute(audit_head.update().where(audit_head.c.id == 1).values(
+            last_id=res.inserted_primary_key[0], last_hash=h))
+
+    def audit(self, actor: str, action: str, target: str | None, why: str | None, details: dict | None = None) -> None:
+        with self.write() as c:
+            self.append_audit(c, actor, action, target, why, details)
+
+    def audit_entries(self, target: str | None = None, limit: int = 50) -> list[dict]:
+        q = sa.select(audit_log).order_by(audit_log.c.id.desc()).limit(limit)
+        if target is not None:
+            q = q.where(audit_log.c.target == target)
+        with self.engine.connect() as c:
+            return [dict(r._mapping) for r in c.execute(q)]

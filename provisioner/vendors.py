@@ -1,0 +1,271 @@
+"""Vendor profiles: declarative YAML in vendors/, never executed code.
+
+A profile says which files a device asks for, which template answers each, how its passwords must look,
+what its factory defaults are (so we never render them), and how to recognise it (OUIs, User-Agents).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from provisioner.credentials import PasswordRule
+from provisioner.macaddr import normalize_mac
+from provisioner.yamlsrc import Problem, ProblemsError, Source, plain
+
+PLACEHOLDERS = {
+    "{mac}": r"(?P<mac>[0-9a-f]{12})",
+    "{MAC}": r"(?P<mac>[0-9A-F]{12})",
+    "{model}": r"(?P<model>[A-Za-z0-9_+-]{1,32})",
+}
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FileSpec(Strict):
+    name: str  # literal, or with {mac} / {MAC} / {model}
+    template: str  # relative to templates/
+    # the file whose fetch proves the device holds its desired config (carries the secrets)
+    trigger: bool = False
+    # what TFTP answers for this file by default: the bootstrap template, or nothing
+    tftp_template: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if "/" in v or v.startswith("."):
+            raise ValueError("a file name, not a path")
+        rest = v
+        for ph in PLACEHOLDERS:
+            rest = rest.replace(ph, "")
+        if "{" in rest or "}" in rest:
+            raise ValueError(f"unknown placeholder in {v!r}; use one of {', '.join(PLACEHOLDERS)}")
+        return v
+
+    @property
+    def per_device(self) -> bool:
+        return "{mac}" in self.name or "{MAC}" in self.name
+
+    @cached_property
+    def regex(self) -> re.Pattern:
+        out = ""
+        i = 0
+        while i < len(self.name):
+            for ph, rx in PLACEHOLDERS.items():
+                if self.name.startswith(ph, i):
+                    out += rx
+                    i += len(ph)
+                    break
+            else:
+                out += re.escape(self.name[i])
+                i += 1
+        return re.compile(out + r"\Z")
+
+    def filename_for(self, mac: str | None = None, model: str | None = None) -> str:
+        name = self.name
+        if mac is not None:
+            name = name.replace("{mac}", mac.lower()).replace("{MAC}", mac.upper())
+        if model is not None:
+            name = name.replace("{model}", model)
+        return name
+
+
+class FactoryDefault(Strict):
+    account: str  # admin, user, var, pin, ...
+    username: str | None = None
+    password: str  # "" when the factory has no password at all
+    uncertain: bool = False  # vendors.md marks it [U]
+
+
+class Model(Strict):
+    lines: int = Field(default=1, ge=1, le=64)
+    ovh_name: str | None = None  # name in OVH Plug & Phone's catalogue
+    family: str | None = None
+    min_firmware: str | None = None
+    kind: Literal["phone", "dect", "ata", "conference", "router"] = "phone"
+
+
+class SipNotify(Strict):
+    resync: str | None = None  # Event header value
+    reboot: str | None = None
+    reset: str | None = None
+
+
+class VendorProfile(Strict):
+    name: str
+    display_name: str
+    format: Literal["keyvalue", "xml"]
+    xml_root: str | None = None
+    keyvalue_header: str | None = None  # first line the format requires (Yealink "#!version:1.0.0.1")
+    ouis: list[str] = Field(default_factory=list)
+    user_agents: list[str] = Field(default_factory=list)  # regexes with named groups model/firmware/mac
+    # what a real device sends, with {model} {mac} {MAC} {mac_colon}: docs, banners and tests use it
+    example_user_agent: str | None = None
+    files: list[FileSpec]
+    passwords: dict[Literal["sip", "admin", "user", "provisioning"], PasswordRule]
+    web_accounts: list[str] = Field(default_factory=lambda: ["admin"])  # which web passwords to generate
+    factory_defaults: list[FactoryDefault] = Field(default_factory=list)
+    sip_notify: SipNotify = SipNotify()
+    reset_instructions: str | None = None
+    provisioning_http_auth: bool = True
+    client_certificates: bool = False
+    min_firmware: str | None = None
+    models: dict[str, Model]
+
+    @field_validator("ouis")
+    @classmethod
+    def _ouis(cls, v: list[str]) -> list[str]:
+        out = []
+        for o in v:
+            hexes = re.sub(r"[^0-9a-fA-F]", "", o)
+            if len(hexes) != 6:
+                raise ValueError(f"OUI {o!r} is not 3 bytes")
+            out.append(hexes.lower())
+        return out
+
+    @field_validator("user_agents")
+    @classmethod
+    def _uas(cls, v: list[str]) -> list[str]:
+        for rx in v:
+            try:
+                re.compile(rx)
+            except re.error as e:
+                raise ValueError(f"bad regex {rx!r}: {e}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.format == "xml" and not self.xml_root:
+            raise ValueError("xml_root is required for format xml")
+        if sum(1 for f in self.files if f.trigger) != 1:
+            raise ValueError("exactly one file must be the trigger (the per-device file with the secrets)")
+        trig = next(f for f in self.files if f.trigger)
+        if not trig.per_device:
+            raise ValueError("the trigger file must be per device ({mac} or {MAC} in its name)")
+        for need in ("sip", "provisioning"):
+            if need not in self.passwords:
+                raise ValueError(f"passwords.{need} rule missing")
+        for acct in self.web_accounts:
+            if acct not in ("admin", "user"):
+                raise ValueError(f"web account {acct!r}: only admin and user are generated")
+            if acct not in self.passwords:
+                raise ValueError(f"passwords.{acct} rule missing for web account {acct}")
+        return self
+
+    @cached_property
+    def ua_regexes(self) -> list[re.Pattern]:
+        return [re.compile(rx) for rx in self.user_agents]
+
+    @property
+    def trigger(self) -> FileSpec:
+        return next(f for f in self.files if f.trigger)
+
+    def user_agent_for(self, model: str, mac: str) -> str | None:
+        if not self.example_user_agent:
+            return None
+        mac_colon = ":".join(mac[i:i + 2] for i in range(0, 12, 2))
+        return (self.example_user_agent.replace("{model}", model).replace("{mac_colon}", mac_colon)
+                .replace("{mac}", mac.lower()).replace("{MAC}", mac.upper()))
+
+    def factory_passwords(self) -> set[str]:
+        return {d.password for d in self.factory_defaults}
+
+
+@dataclass(frozen=True)
+class UserAgentInfo:
+    vendor: str
+    model: str | None
+    firmware: str | None
+    mac: str | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class FileMatch:
+    vendor: VendorProfile
+    spec: FileSpec
+    mac: str | None
+    model: str | None
+
+
+@dataclass
+class Catalog:
+    """All vendor profiles, by name, plus the file-name index the request pipeline uses."""
+
+    vendors: dict[str, VendorProfile]
+    sources: dict[str, Source] = field(default_factory=dict)
+
+    def get(self, name: str) -> VendorProfile | None:
+        return self.vendors.get(name)
+
+    def match_file(self, filename: str) -> list[FileMatch]:
+        out = []
+        for v in self.vendors.values():
+            for spec in v.files:
+                m = spec.regex.match(filename)
+                if m:
+                    gd = m.groupdict()
+                    out.append(FileMatch(v, spec, gd.get("mac") and gd["mac"].lower(), gd.get("model")))
+        return out
+
+    def parse_user_agent(self, ua: str | None) -> UserAgentInfo | None:
+        if not ua:
+            return None
+        for v in self.vendors.values():
+            for rx in v.ua_regexes:
+                m = rx.search(ua)
+                if m:
+                    gd = m.groupdict()
+                    mac = None
+                    if gd.get("mac"):
+                        try:
+                            mac = normalize_mac(gd["mac"])
+                        except ValueError:
+                            mac = None
+                    return UserAgentInfo(v.name, gd.get("model"), gd.get("firmware"), mac,
+                                         f"User-Agent matched {v.name} pattern")
+        return None
+
+    def vendor_for_oui(self, mac: str) -> list[str]:
+        return [v.name for v in self.vendors.values() if mac[:6] in v.ouis]
+
+
+def load_catalog(vendors_dir: Path, templates_dir: Path | None = None) -> Catalog:
+    problems: list[Problem] = []
+    vendors: dict[str, VendorProfile] = {}
+    sources: dict[str, Source] = {}
+    files = sorted(vendors_dir.glob("*.yaml"))
+    if not files:
+        raise ProblemsError([Problem(str(vendors_dir), 0, "-", "no vendor profiles (*.yaml) found")])
+    for path in files:
+        try:
+            src = Source.load(path)
+        except ProblemsError as e:
+            problems.extend(e.problems)
+            continue
+        try:
+            prof = VendorProfile.model_validate(plain(src.data))
+        except ValidationError as e:
+            problems.extend(src.problems_from(e))
+            continue
+        if prof.name != path.stem:
+            problems.append(src.problem(("name",), f"must equal the file name {path.stem!r}"))
+            continue
+        if templates_dir is not None:
+            for i, spec in enumerate(prof.files):
+                for key in ("template", "tftp_template"):
+                    t = getattr(spec, key)
+                    if t and not (templates_dir / t).is_file():
+                        problems.append(src.problem(("files", i, key), f"template {t} not found in {templates_dir}"))
+        vendors[prof.name] = prof
+        sources[prof.name] = src
+    if problems:
+        raise ProblemsError(problems)
+    return Catalog(vendors, sources)

@@ -231,3 +231,15 @@ def reprovision(rt: Runtime, mac: str, wait: float | None, as_json: bool):
 
 def main() -> None:
     cli(prog_name="provisioner")
+
+
+def _load_command_modules() -> None:
+    import importlib
+    import pkgutil
+
+    import provisioner.commands as pkg
+    for mod in sorted(m.name for m in pkgutil.iter_modules(pkg.__path__)):
+        importlib.import_module(f"provisioner.commands.{mod}")
+
+
+_load_command_modules()

@@ -78,7 +78,7 @@ class Renderer:
             raise RenderError(f"{who}: field {path}: contains '=', which would read as a setting "
                               f"in a key=value file; refused")
 
-    def render(self, vendor: VendorProfile, template: str, ctx: dict, who: str) -> bytes:
+    def render(self, vendor: VendorProfile, template: str, ctx: dict, who: str, xml_root: str | None = None) -> bytes:
         self.check_context(ctx, vendor.format, who)
         env = self._envs[vendor.format]
         try:
@@ -90,11 +90,12 @@ class Renderer:
         except RenderError as e:
             raise RenderError(f"{who}: template {template}: {e}") from None
         data = text.encode("utf-8")
-        self._check_output(vendor, template, data, who)
+        self._check_output(vendor, template, data, who, xml_root)
         return data
 
     @staticmethod
-    def _check_output(vendor: VendorProfile, template: str, data: bytes, who: str) -> None:
+    def _check_output(vendor: VendorProfile, template: str, data: bytes, who: str,
+                      xml_root: str | None = None) -> None:
         if vendor.format == "keyvalue":
             first = data.split(b"\n", 1)[0].decode()
             if vendor.keyvalue_header and first != vendor.keyvalue_header:
@@ -108,14 +109,14 @@ class Renderer:
                 root = ET.fromstring(data)
             except ET.ParseError as e:
                 raise RenderError(f"{who}: template {template}: output is not well-formed XML ({e})") from None
-            if root.tag != vendor.xml_root and not template.endswith(".htm.j2"):
-                raise RenderError(f"{who}: template {template}: root element <{root.tag}>, "
-                                  f"expected <{vendor.xml_root}>")
+            expected = xml_root or vendor.xml_root
+            if root.tag != expected:
+                raise RenderError(f"{who}: template {template}: root element <{root.tag}>, expected <{expected}>")
 
     def device_file(self, dctx: DeviceContext, spec: FileSpec) -> tuple[str, bytes]:
         who = f"device {dctx.device.mac}"
         return spec.filename_for(mac=dctx.device.mac, model=dctx.device.model), \
-            self.render(dctx.vendor, spec.template, dctx.values, who)
+            self.render(dctx.vendor, spec.template, dctx.values, who, spec.xml_root)
 
     def device_files(self, dctx: DeviceContext) -> dict[str, bytes]:
         """Every file this device would fetch over HTTPS, by file name."""

@@ -36,6 +36,8 @@ class FileSpec(Strict):
     trigger: bool = False
     # what TFTP answers for this file by default: the bootstrap template, or nothing
     tftp_template: str | None = None
+    # XML files whose root differs from the vendor's (e.g. Snom's <setting-files> index .htm files)
+    xml_root: str | None = None
 
     @field_validator("name")
     @classmethod
@@ -178,6 +180,26 @@ class VendorProfile(Strict):
         return {d.password for d in self.factory_defaults}
 
 
+class RouterProfile(Strict):
+    """A router platform (kind: router in its YAML); the driver named here does the talking."""
+
+    kind: Literal["router"]
+    name: str
+    display_name: str
+    driver: str  # module in provisioner/drivers/
+    ouis: list[str] = Field(default_factory=list)
+    passwords: dict[str, PasswordRule] = Field(default_factory=dict)
+    factory_defaults: list[FactoryDefault] = Field(default_factory=list)
+    min_firmware: str | None = None
+    models: dict[str, Model]
+    options: dict[str, object] = Field(default_factory=dict)  # driver-specific facts
+
+    @field_validator("ouis")
+    @classmethod
+    def _ouis(cls, v: list[str]) -> list[str]:
+        return VendorProfile._ouis(v)
+
+
 @dataclass(frozen=True)
 class UserAgentInfo:
     vendor: str
@@ -201,11 +223,13 @@ class Catalog:
 
     vendors: dict[str, VendorProfile]
     sources: dict[str, Source] = field(default_factory=dict)
+    routers: dict[str, RouterProfile] = field(default_factory=dict)
 
     def get(self, name: str) -> VendorProfile | None:
         return self.vendors.get(name)
 
     def match_file(self, filename: str) -> list[FileMatch]:
+        """Profiles whose file names match; a literal name (Polycom's 000000000000.cfg) beats any pattern."""
         out = []
         for v in self.vendors.values():
             for spec in v.files:
@@ -213,7 +237,8 @@ class Catalog:
                 if m:
                     gd = m.groupdict()
                     out.append(FileMatch(v, spec, gd.get("mac") and gd["mac"].lower(), gd.get("model")))
-        return out
+        literal = [m for m in out if "{" not in m.spec.name]
+        return literal or out
 
     def parse_user_agent(self, ua: str | None) -> UserAgentInfo | None:
         if not ua:
@@ -240,6 +265,7 @@ class Catalog:
 def load_catalog(vendors_dir: Path, templates_dir: Path | None = None) -> Catalog:
     problems: list[Problem] = []
     vendors: dict[str, VendorProfile] = {}
+    routers: dict[str, RouterProfile] = {}
     sources: dict[str, Source] = {}
     files = sorted(vendors_dir.glob("*.yaml"))
     if not files:
@@ -250,13 +276,19 @@ def load_catalog(vendors_dir: Path, templates_dir: Path | None = None) -> Catalo
         except ProblemsError as e:
             problems.extend(e.problems)
             continue
+        data = plain(src.data)
+        model = RouterProfile if isinstance(data, dict) and data.get("kind") == "router" else VendorProfile
         try:
-            prof = VendorProfile.model_validate(plain(src.data))
+            prof = model.model_validate(data)
         except ValidationError as e:
             problems.extend(src.problems_from(e))
             continue
         if prof.name != path.stem:
             problems.append(src.problem(("name",), f"must equal the file name {path.stem!r}"))
+            continue
+        sources[prof.name] = src
+        if isinstance(prof, RouterProfile):
+            routers[prof.name] = prof
             continue
         if templates_dir is not None:
             for i, spec in enumerate(prof.files):
@@ -265,7 +297,6 @@ def load_catalog(vendors_dir: Path, templates_dir: Path | None = None) -> Catalo
                     if t and not (templates_dir / t).is_file():
                         problems.append(src.problem(("files", i, key), f"template {t} not found in {templates_dir}"))
         vendors[prof.name] = prof
-        sources[prof.name] = src
     if problems:
         raise ProblemsError(problems)
-    return Catalog(vendors, sources)
+    return Catalog(vendors, sources, routers)

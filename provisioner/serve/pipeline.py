@@ -162,13 +162,14 @@ class Pipeline:
     # ---- render ----------------------------------------------------------------------------------
 
     def _common(self, m: FileMatch, ip: str, template: str) -> bytes:
+        """A secret-free file, rendered from the settings of the source's site."""
         settings = self.rt.inventory.settings_for_ip(ip)
         key = ("common", m.vendor.name, template, m.model, settings)
         with self._lock:
             hit = self._cache.get(key)
         if hit is None:
             hit = self.renderer.render(m.vendor, template, common_context(m.vendor, settings, m.model),
-                                       f"{m.vendor.name} common file")
+                                       f"{m.vendor.name} common file", m.spec.xml_root)
             with self._lock:
                 self._cache[key] = hit
         return hit

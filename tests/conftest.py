@@ -1,0 +1,170 @@
+"""Shared fixtures: a real `provisioner serve` process on free loopback ports, real clients (curl, tftp).
+
+Every provisioner process's stdout/stderr is kept under the session's capture directory, so the
+secret-leak test can scan all of it at the end (tests/test_zz_no_secret_leaks.py).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+PROVISIONER = [sys.executable, "-m", "provisioner"]
+IN_CI = os.environ.get("CI") == "true"
+
+
+def need(*binaries: str) -> None:
+    """Skip locally when a Debian peer is missing; in CI a missing peer is a failure (.ci/run installs it)."""
+    missing = [b for b in binaries if shutil.which(b) is None]
+    if missing:
+        msg = f"missing test peer(s): {', '.join(missing)} (installed by .ci/run)"
+        if IN_CI:
+            pytest.fail(msg)
+        pytest.skip(msg)
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def capture_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("captured-output")
+
+
+@dataclass
+class Home:
+    """A --home and an inventory for one test, plus a way to run the CLI against them."""
+
+    path: Path
+    inventory: Path
+    capture: Path
+
+    def cli(self, *args: str, check: bool = False, timeout: float = 60, env: dict | None = None
+            ) -> subprocess.CompletedProcess:
+        cmd = [*PROVISIONER, "--home", str(self.path), "--inventory", str(self.inventory), *args]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO,
+                           env={**os.environ, **(env or {})})
+        with open(self.capture / "cli.log", "a") as f:
+            f.write(f"$ {' '.join(args)}\n{r.stdout}{r.stderr}\n")
+        if check and r.returncode != 0:
+            raise AssertionError(f"provisioner {' '.join(args)} exited {r.returncode}:\n{r.stdout}\n{r.stderr}")
+        return r
+
+
+@pytest.fixture
+def home(tmp_path, capture_dir, request) -> Home:
+    """A fresh home with a copy of the bundled inventory.yaml."""
+    inv = tmp_path / "inventory.yaml"
+    shutil.copy(REPO / "inventory.yaml", inv)
+    cap = capture_dir / request.node.name.replace("/", "_")[:80]
+    cap.mkdir(exist_ok=True)
+    return Home(tmp_path / "home", inv, cap)
+
+
+@dataclass
+class Server:
+    home: Home
+    proc: subprocess.Popen
+    https_port: int
+    tftp_port: int
+
+    @property
+    def base(self) -> str:
+        return f"https://127.0.0.1:{self.https_port}/p/"
+
+    @property
+    def ca(self) -> Path:
+        return self.home.path / "tls" / "ca.pem"
+
+    def curl(self, filename: str, ua: str | None = None, user: str | None = None, password: str | None = None,
+             extra: tuple[str, ...] = ()) -> tuple[int, bytes]:
+        """Fetch like a phone: returns (HTTP status, body)."""
+        need("curl")
+        cmd = ["curl", "-sS", "--max-time", "10", "--cacert", str(self.ca), "-o", "-", "-w", "\n%{http_code}"]
+        if ua is not None:
+            cmd += ["-A", ua]
+        if user is not None:
+            cmd += ["--digest", "-u", f"{user}:{password}"]
+        cmd += [*extra, self.base + filename]
+        r = subprocess.run(cmd, capture_output=True, timeout=20)
+        assert r.returncode == 0, r.stderr.decode()
+        body, _, code = r.stdout.rpartition(b"\n")
+        return int(code), body
+
+    def tftp(self, filename: str, dest: Path) -> bytes | None:
+        """Fetch with the tftp-hpa client; None when the server refused (the client exits 0 anyway)."""
+        need("tftp")
+        dest.unlink(missing_ok=True)
+        r = subprocess.run(["tftp", "127.0.0.1", str(self.tftp_port), "-m", "binary", "-c", "get", filename,
+                            str(dest)], capture_output=True, text=True, timeout=30)
+        if "Error" in r.stdout + r.stderr or not dest.exists() or dest.stat().st_size == 0:
+            return None
+        return dest.read_bytes()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_server(home: Home, extra: tuple[str, ...] = (), env: dict | None = None) -> Server:
+    https_port, tftp_port = free_port(), free_port(socket.SOCK_DGRAM)
+    log = open(home.capture / f"serve-{https_port}.log", "w")
+    proc = subprocess.Popen(
+        [*PROVISIONER, "--home", str(home.path), "--inventory", str(home.inventory), "serve",
+         "--https", f"127.0.0.1:{https_port}", "--tftp", f"127.0.0.1:{tftp_port}", *extra],
+        stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, **(env or {})})
+    srv = Server(home, proc, https_port, tftp_port)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"serve exited {proc.returncode}:\n"
+                                 + (home.capture / f"serve-{https_port}.log").read_text())
+        try:
+            with socket.create_connection(("127.0.0.1", https_port), timeout=0.2):
+                break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        srv.stop()
+        raise AssertionError("serve did not start listening within 30 s")
+    return srv
+
+
+@pytest.fixture
+def server(home):
+    srv = start_server(home)
+    yield srv
+    srv.stop()
+
+
+def ua_for(mac: str, model: str = "T46G", firmware: str = "66.86.0.15") -> str:
+    colon = ":".join(mac[i:i + 2] for i in range(0, 12, 2))
+    return f"Yealink SIP-{model} {firmware} {colon}"
+
+
+def kv(body: bytes) -> dict[str, list[str]]:
+    """Parse a key = value config (Yealink) into key -> values."""
+    out: dict[str, list[str]] = {}
+    for line in body.decode().splitlines():
+        if "=" in line and not line.lstrip().startswith("#"):
+            k, _, v = line.partition("=")
+            out.setdefault(k.strip(), []).append(v.strip())
+    return out

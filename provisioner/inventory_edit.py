@@ -11,6 +11,8 @@ import tempfile
 from pathlib import Path
 
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.scalarstring import DoubleQuotedScalarString
+from ruamel.yaml.util import load_yaml_guess_indent
 
 from provisioner.inventory import Inventory, load_inventory
 from provisioner.vendors import Catalog
@@ -19,7 +21,11 @@ from provisioner.yamlsrc import round_trip
 
 def add_device(path: Path, catalog: Catalog, entry: dict) -> Inventory:
     y = round_trip()
-    data = y.load(path.read_text(encoding="utf-8")) or CommentedMap()
+    text = path.read_text(encoding="utf-8")
+    _, indent, block_seq_indent = load_yaml_guess_indent(text)
+    bsi = block_seq_indent or 0
+    y.indent(mapping=max(2, bsi), sequence=indent or 2, offset=bsi)  # ruamel's recipe for keeping the style
+    data = y.load(text) or CommentedMap()
     devs = data.get("devices")
     if devs is None:
         devs = data["devices"] = CommentedSeq()
@@ -27,8 +33,11 @@ def add_device(path: Path, catalog: Catalog, entry: dict) -> Inventory:
     for k, v in entry.items():
         if k == "lines":
             seq = CommentedSeq()
-            for ln in v:
-                seq.append(CommentedMap(ln))
+            for ln in v:  # one line per SIP line, in flow style, like the bundled inventory
+                m = CommentedMap({k2: DoubleQuotedScalarString(v2) if k2 in ("extension", "auth_user", "number")
+                                  else v2 for k2, v2 in ln.items()})
+                m.fa.set_flow_style()
+                seq.append(m)
             node[k] = seq
         else:
             node[k] = v

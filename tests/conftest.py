@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 PROVISIONER = [sys.executable, "-m", "provisioner"]
 IN_CI = os.environ.get("CI") == "true"
 
@@ -153,6 +154,28 @@ def server(home):
     srv = start_server(home)
     yield srv
     srv.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """One PostgreSQL cluster per session; each test asks it for a fresh database."""
+    from pg import Cluster, pg_bin
+    if pg_bin() is None or os.geteuid() != 0:
+        msg = "PostgreSQL server binaries (package postgresql) and root are needed"
+        if IN_CI:
+            pytest.fail(msg)
+        pytest.skip(msg)
+    cluster = Cluster(free_port())
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    """The store suite runs on both backends."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'state.db'}"
+    return request.getfixturevalue("pg_cluster").new_database()
 
 
 def ua_for(mac: str, model: str = "T46G", firmware: str = "66.86.0.15") -> str:

@@ -1,0 +1,121 @@
+"""Phone-facing HTTPS with curl as the phone: enrolment once, then digest; one 401 for everything else."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import time
+
+from conftest import Home, Server, kv, start_server, ua_for
+
+MAC = "805ec0123456"
+FILE = f"{MAC}.cfg"
+
+
+def password_of(body: bytes) -> str:
+    return kv(body)["static.auto_provision.server.password"][0]
+
+
+def challenge(srv: Server, filename: str, ua: str) -> tuple[int, str]:
+    import subprocess
+    r = subprocess.run(["curl", "-sS", "--max-time", "10", "--cacert", str(srv.ca), "-A", ua, "-o", "/dev/null",
+                        "-D", "-", srv.base + filename], capture_output=True, text=True, timeout=20)
+    status = int(r.stdout.split()[1])
+    www = re.search(r"(?im)^www-authenticate: (.*)$", r.stdout)
+    return status, re.sub(r'nonce="[^"]*"', 'nonce="…"', www.group(1).strip()) if www else ""
+
+
+def test_enrolment_once_then_digest(server: Server):
+    ua = ua_for(MAC)
+    status, first = server.curl(FILE, ua)
+    assert status == 200 and first.startswith(b"#!version:1.0.0.1")
+    pw = password_of(first)
+    assert len(pw) >= 20
+    # the window closed with that answer: anonymous fetches now get the challenge
+    status, body = server.curl(FILE, ua)
+    assert status == 401 and b"password" not in body
+    # the handed-out credentials work with digest and give the very same config
+    status, again = server.curl(FILE, ua, user=MAC, password=pw)
+    assert status == 200 and again == first
+    # a wrong password does not
+    assert server.curl(FILE, ua, user=MAC, password=pw[:-1] + "?")[0] == 401
+    # another device's file with these credentials does not either (once its own window closed)
+    assert server.curl("805ec0123457.cfg", ua_for("805ec0123457"))[0] == 200
+    assert server.curl("805ec0123457.cfg", ua_for("805ec0123457"), user=MAC, password=pw)[0] == 401
+
+
+def test_unknown_mac_gets_the_same_401_as_a_known_one(server: Server):
+    known = challenge(server, "805ec0123457.cfg", "curl/8")  # known, window open, but the UA does not fit
+    unknown = challenge(server, "805ec0999999.cfg", ua_for("805ec0999999"))
+    enrolled = (server.curl(FILE, ua_for(MAC)), challenge(server, FILE, ua_for(MAC)))[1]
+    assert known == unknown == enrolled
+    assert known[0] == 401 and known[1].startswith('Digest realm="provisioner"')
+
+
+def test_common_file_needs_no_auth_and_carries_no_secret(server: Server):
+    status, body = server.curl("y000000000000.cfg", "Yealink SIP-T46G 28.83.0.50")
+    assert status == 200 and b"password" not in body
+    status, ca = server.curl("ca.pem")
+    assert status == 200 and ca.startswith(b"-----BEGIN CERTIFICATE-----")
+
+
+def test_enrolment_refuses_a_user_agent_that_does_not_fit(server: Server):
+    assert server.curl(FILE, "curl/8.0")[0] == 401
+    assert server.curl(FILE, ua_for("805ec0123457"))[0] == 401  # UA names another MAC
+    assert server.curl(FILE, "Snom D785 10.1.1.1 000413aabbcc")[0] == 401
+    # the window is still open for the real phone
+    assert server.curl(FILE, ua_for(MAC))[0] == 200
+
+
+def test_enrolment_refused_outside_the_sites_networks(home: Home):
+    text = home.inventory.read_text().replace("networks: [127.0.0.0/8, 192.168.50.0/24]",
+                                              "networks: [192.168.50.0/24]")
+    home.inventory.write_text(text)
+    srv = start_server(home)
+    try:
+        assert srv.curl(FILE, ua_for(MAC))[0] == 401
+    finally:
+        srv.stop()
+    r = home.cli("devices", "--json", check=True)
+    assert '"state": "enrolling"' in r.stdout  # still waiting for the real phone
+    db = sqlite3.connect(home.path / "state.db")
+    reasons = [r[0] for r in db.execute("select reason from fetch_events where mac = ?", (MAC,))]
+    assert any("outside site lab" in r for r in reasons)
+
+
+def test_expired_enrolment_window(home: Home):
+    srv = start_server(home)
+    try:
+        db = sqlite3.connect(home.path / "state.db")
+        db.execute("update devices set enrol_expires_at = '2000-01-01 00:00:00' where mac = ?", (MAC,))
+        db.commit()
+        assert srv.curl(FILE, ua_for(MAC))[0] == 401
+    finally:
+        srv.stop()
+
+
+def test_unknown_file_names_and_traversal(server: Server):
+    assert server.curl("nothing-asks-for-this.txt")[0] == 404
+    assert server.curl("..%2f..%2fetc%2fpasswd", extra=("--path-as-is",))[0] == 404
+    assert server.curl("../../etc/passwd", extra=("--path-as-is",))[0] == 404
+
+
+def test_every_fetch_is_recorded_with_hash_and_reason(server: Server, home: Home):
+    ua = ua_for(MAC)
+    server.curl(FILE, ua)
+    server.curl(FILE, ua)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        rows = sqlite3.connect(home.path / "state.db").execute(
+            "select status, hash, user_agent, source_ip, reason from fetch_events where mac=? order by id",
+            (MAC,)).fetchall()
+        if len(rows) >= 2:
+            break
+        time.sleep(0.1)
+    assert [r[0] for r in rows] == [200, 401]
+    assert rows[0][1] and len(rows[0][1]) == 64 and rows[0][2] == ua and rows[0][3] == "127.0.0.1"
+    assert "enrolment" in rows[0][4] and "window is closed" in rows[1][4]
+    r = home.cli("devices", "--json", check=True)
+    import json
+    row = next(d for d in json.loads(r.stdout) if d["mac"] == MAC)
+    assert row["state"] == "provisioned" and row["served_hash"] == rows[0][1] == row["desired_hash"]

@@ -1,0 +1,115 @@
+"""The store on SQLite and PostgreSQL: migrations both ways, sealed credentials, rotation, audit chain."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import os
+
+import pytest
+import sqlalchemy as sa
+
+from provisioner.crypto import Keyring, MasterKeyError, load_or_create_key
+from provisioner.secret import Secret
+from provisioner.store import Store, make_engine, migrate, utcnow
+from provisioner.store.schema import audit_log, credentials
+
+
+@pytest.fixture
+def store(db_url):
+    s = Store.open(db_url, Keyring(os.urandom(32)))
+    yield s
+    s.close()
+
+
+def add_device(store: Store, mac="805ec0000001", enrol_hours=24.0, creds=None, status="active", gen=1):
+    now = utcnow()
+    with store.write() as c:
+        store.create_device(c, mac, "yealink", "T46G", "lab", "enrolling", enrol_hours, now)
+        store.add_credentials(c, mac, gen, status, creds or {"provisioning": Secret("p-1"), "sip:101": Secret("s-1")}, now)
+    return now
+
+
+def test_migrations_up_and_down(db_url):
+    engine = make_engine(db_url)
+    migrate(engine)
+    names = set(sa.inspect(engine).get_table_names())
+    assert {"devices", "credentials", "fetch_events", "audit_log", "audit_head", "alembic_version"} <= names
+    migrate(engine, "base", down=True)
+    assert set(sa.inspect(engine).get_table_names()) <= {"alembic_version"}
+    migrate(engine)
+    assert "devices" in sa.inspect(engine).get_table_names()
+    engine.dispose()
+
+
+def test_credentials_are_sealed_and_bound_to_their_row(store: Store):
+    add_device(store, creds={"provisioning": Secret("Plaintext-Provisioning-1"), "sip:101": Secret("Plaintext-Sip-1")})
+    got = store.credentials("805ec0000001")
+    assert got["provisioning"].reveal() == "Plaintext-Provisioning-1"
+    with store.engine.connect() as c:
+        blobs = [r.sealed for r in c.execute(sa.select(credentials.c.sealed))]
+    assert all(b"Plaintext" not in bytes(b) for b in blobs)
+    # a sealed value moved onto another row does not open
+    with store.write() as c:
+        c.execute(credentials.update().where(credentials.c.name == "sip:101").values(sealed=blobs[0]))
+    with pytest.raises(MasterKeyError, match="does not decrypt"):
+        store.credentials("805ec0000001")
+
+
+def test_enrolment_is_claimed_exactly_once(store: Store):
+    now = add_device(store)
+    assert store.claim_enrolment("805ec0000001", "127.0.0.1", now) is True
+    assert store.claim_enrolment("805ec0000001", "127.0.0.1", now) is False
+    assert store.device("805ec0000001").state == "provisioned"
+
+
+def test_expired_window_cannot_be_claimed(store: Store):
+    now = add_device(store, enrol_hours=1)
+    assert store.claim_enrolment("805ec0000001", "127.0.0.1", now + dt.timedelta(hours=2)) is False
+
+
+def test_promote_pending_only_for_the_pending_hash(store: Store):
+    now = add_device(store)
+    with store.write() as c:
+        store.add_credentials(c, "805ec0000001", 2, "pending", {"provisioning": Secret("p-2"), "sip:101": Secret("s-2")}, now)
+        store.update_device(c, "805ec0000001", pending_hash="b" * 64, state="rotating")
+    assert store.promote_pending("805ec0000001", "a" * 64, now) is False
+    assert store.credentials("805ec0000001")["provisioning"].reveal() == "p-1"
+    assert store.promote_pending("805ec0000001", "b" * 64, now) is True
+    assert store.promote_pending("805ec0000001", "b" * 64, now) is False  # once
+    st = store.device("805ec0000001")
+    assert (st.state, st.generation, st.desired_hash, st.pending_hash) == ("provisioned", 2, "b" * 64, None)
+    assert store.credentials("805ec0000001")["provisioning"].reveal() == "p-2"
+    assert store.credentials("805ec0000001", "retired")["provisioning"].reveal() == "p-1"
+
+
+def test_audit_log_is_hash_chained(store: Store):
+    store.audit("cli:test", "a.one", "805ec0000001", "first")
+    store.audit("cli:test", "a.two", "805ec0000001", "second", {"k": 1})
+    rows = list(reversed(store.audit_entries()))
+    assert [r["action"] for r in rows] == ["a.one", "a.two"]
+    assert rows[0]["prev_hash"] == "0" * 64 and rows[1]["prev_hash"] == rows[0]["entry_hash"]
+    with store.engine.connect() as c:
+        assert c.execute(sa.select(sa.func.count()).select_from(audit_log)).scalar() == 2
+
+
+def test_fetch_events_round_trip(store: Store):
+    store.record_fetches([{"at": utcnow(), "mac": None, "source_ip": "127.0.0.1", "transport": "https",
+                           "filename": "805ec0999999.cfg", "status": 401, "hash": None, "user_agent": "x",
+                           "reason": "unknown device"}])
+    (row,) = store.fetches()
+    assert row["status"] == 401 and row["reason"] == "unknown device"
+
+
+def test_master_key_file_is_private_and_checked(tmp_path, monkeypatch):
+    monkeypatch.delenv("PROVISIONER_MASTER_KEY", raising=False)
+    key = load_or_create_key(tmp_path)
+    path = tmp_path / "master.key"
+    assert path.stat().st_mode & 0o777 == 0o600 and len(key) == 32
+    assert load_or_create_key(tmp_path) == key
+    path.chmod(0o644)
+    with pytest.raises(MasterKeyError, match="readable by others"):
+        load_or_create_key(tmp_path)
+    monkeypatch.setenv("PROVISIONER_MASTER_KEY", base64.b64encode(b"short").decode())
+    with pytest.raises(MasterKeyError, match="32 bytes"):
+        load_or_create_key(tmp_path)

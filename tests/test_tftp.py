@@ -1,0 +1,41 @@
+"""TFTP with tftp-hpa as the phone: secret-free bootstrap, whatever the MAC; survives many transfers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from conftest import Server, kv
+
+
+def test_bootstrap_over_tftp_has_no_secret(server: Server, tmp_path: Path):
+    boot = server.tftp("805ec0123456.cfg", tmp_path / "boot.cfg")
+    assert boot is not None and boot.startswith(b"#!version:1.0.0.1")
+    cfg = kv(boot)
+    assert cfg["static.auto_provision.server.url"] == ["https://127.0.0.1:8443/p/"]
+    assert not any("password" in k for k in cfg)
+    # the HTTPS answer holds secrets the bootstrap does not
+    status, full = server.curl("805ec0123456.cfg", "Yealink SIP-T46G 66.86.0.15 80:5e:c0:12:34:56")
+    assert status == 200
+    secret = kv(full)["account.1.password"][0]
+    assert secret.encode() not in boot
+
+
+def test_unknown_mac_gets_the_same_bootstrap(server: Server, tmp_path: Path):
+    a = server.tftp("805ec0123456.cfg", tmp_path / "a")
+    b = server.tftp("805ec0abcdef.cfg", tmp_path / "b")
+    assert a == b
+
+
+def test_ca_and_common_file_and_refusals(server: Server, tmp_path: Path):
+    assert server.tftp("ca.pem", tmp_path / "ca").startswith(b"-----BEGIN CERTIFICATE-----")
+    assert server.tftp("y000000000000.cfg", tmp_path / "c") is not None
+    assert server.tftp("../../etc/passwd", tmp_path / "d") is None
+    assert server.tftp("/etc/passwd", tmp_path / "e") is None
+    assert server.tftp("whatever.bin", tmp_path / "f") is None
+
+
+def test_server_survives_many_transfers(server: Server, tmp_path: Path):
+    # tftpy dies after a BytesIO answer; ours must keep serving
+    for i in range(25):
+        assert server.tftp("805ec0123457.cfg", tmp_path / "x") is not None, f"transfer {i} failed"
+    assert server.proc.poll() is None

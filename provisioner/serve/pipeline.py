@@ -13,6 +13,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from provisioner import registrar
 from provisioner.desired import common_context, device_context
 from provisioner.errors import RenderError
 from provisioner.inventory import ResolvedDevice
@@ -248,6 +249,10 @@ class Pipeline:
             return unauthorized(ua_problem, mac)
 
         creds, version = (pending, st.pending_hash) if st.pending_hash else (active, st.desired_hash)
+        if st.pending_hash and m.spec.trigger and not registrar.prepare_switch(self.rt, dev, pending):
+            # the registrar does not know the new passwords: the device keeps what works
+            creds, version = active, st.desired_hash
+            how += "; registrar refused the new generation, current config kept"
         body = self._device_body(m, dev, creds, version)
         digest = sha256(body)
         if m.spec.trigger:

@@ -75,7 +75,8 @@ def alembic_config(conn) -> Config:
     return cfg
 
 
-def migrate(engine: Engine, revision: str = "head", down: bool = False) -> None:
+def migrate(engine: Engine, revision: str = "heads", down: bool = False) -> None:
+    """Upgrade to every head (areas add their own migration branches off 0001) or downgrade."""
     with engine.begin() as conn:
         cfg = alembic_config(conn)
         (command.downgrade if down else command.upgrade)(cfg, revision)

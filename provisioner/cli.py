@@ -23,8 +23,9 @@ from provisioner.macaddr import normalize_mac
 from provisioner.runtime import Runtime, templates_dir, vendors_dir
 from provisioner.yamlsrc import ProblemsError
 
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+# wide enough for the tables when piped (tests, logs); a terminal keeps its own width
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 200)
 
 
 def actor() -> str:
@@ -230,6 +231,7 @@ def reprovision(rt: Runtime, mac: str, wait: float | None, as_json: bool):
 
 
 def main() -> None:
+    os.umask(0o077)  # everything under --home (database, logs, keys, reports) is private to its owner
     cli(prog_name="provisioner")
 
 

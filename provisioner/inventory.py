@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import zoneinfo
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -67,6 +67,7 @@ class Policy(Strict):
     srtp: Literal["required", "optional", "off"] | None = None
     enrolment_hours: float | None = Field(default=None, gt=0, le=24 * 30)
     tftp: Literal["bootstrap", "full", "off"] | None = None
+    auth: Literal["digest", "mtls", "either"] | None = None  # how a device proves itself after enrolment
     blocked_prefixes: list[Annotated[str, Field(pattern=r"^\+?[0-9*#]{1,20}$")]] | None = None
 
 
@@ -128,6 +129,17 @@ class Defaults(Settings):
     pass
 
 
+class Security(Strict):
+    """Anti-harvest thresholds and where security events go (a command gets the event JSON on stdin)."""
+
+    ban_after: int = Field(default=10, ge=2, le=1000)  # failed requests from one source within `window`
+    window: int = Field(default=600, ge=10, le=86400)  # seconds
+    ban_seconds: int = Field(default=900, ge=10, le=7 * 86400)
+    alert_command: list[Annotated[str, AfterValidator(_safe_text)]] | None = Field(default=None, min_length=1)
+    alert_webhook: Annotated[str, Field(pattern=r"^https?://[^\s\"'<>]+$")] | None = None
+    client_ca: str | None = None  # PEM bundle of vendor device CAs, for mutual TLS (relative to the inventory)
+
+
 BUILTIN = {
     "provisioning_url": "https://127.0.0.1:8443/p/",
     "tftp_url": "tftp://127.0.0.1:6969/",
@@ -135,7 +147,8 @@ BUILTIN = {
     "ntp": ["pool.ntp.org"],
     "resync_interval": 86400,
     "registrar": {"kind": "none", "host": "sip.invalid", "port": None, "domain": None, "transport": "tls"},
-    "policy": {"srtp": "required", "enrolment_hours": 24.0, "tftp": "bootstrap", "blocked_prefixes": []},
+    "policy": {"srtp": "required", "enrolment_hours": 24.0, "tftp": "bootstrap", "auth": "digest",
+               "blocked_prefixes": []},
 }
 
 
@@ -153,6 +166,7 @@ class ResolvedPolicy:
     srtp: str
     enrolment_hours: float
     tftp: str
+    auth: str
     blocked_prefixes: tuple[str, ...]
 
 
@@ -219,7 +233,7 @@ def resolve_settings(*levels: Settings, networks: list[str] = ()) -> ResolvedSet
         ntp=tuple(s["ntp"]), resync_interval=s["resync_interval"],
         registrar=ResolvedRegistrar(**reg),
         policy=ResolvedPolicy(srtp=pol["srtp"], enrolment_hours=pol["enrolment_hours"], tftp=pol["tftp"],
-                              blocked_prefixes=tuple(pol["blocked_prefixes"])),
+                              auth=pol["auth"], blocked_prefixes=tuple(pol["blocked_prefixes"])),
     )
 
 
@@ -239,6 +253,10 @@ class Inventory:
     resolved: dict[str, ResolvedDevice]
     device_index: dict[str, int]  # MAC -> position in the devices list (for error lines)
     site_settings: dict[str, ResolvedSettings]
+    security: Security = field(default_factory=lambda: Security())
+
+    def is_site_address(self, ip: str) -> bool:
+        return self.site_for_ip(ip) is not None
 
     def device(self, mac: str) -> ResolvedDevice | None:
         return self.resolved.get(mac)
@@ -261,7 +279,7 @@ class Inventory:
         return self.site_settings[site] if site else resolve_settings(self.defaults)
 
 
-TOP_KEYS = {"defaults", "sites", "devices"}
+TOP_KEYS = {"defaults", "sites", "devices", "security"}
 
 
 def load_inventory(path: Path, catalog: Catalog) -> Inventory:
@@ -281,6 +299,15 @@ def load_inventory(path: Path, catalog: Catalog) -> Inventory:
             defaults = Defaults.model_validate(plain(data["defaults"]))
         except ValidationError as e:
             problems.extend(src.problems_from(e, ("defaults",)))
+
+    security = Security()
+    if data.get("security") is not None:
+        try:
+            security = Security.model_validate(plain(data["security"]))
+        except ValidationError as e:
+            problems.extend(src.problems_from(e, ("security",)))
+        if security.client_ca and not (path.parent / security.client_ca).is_file():
+            problems.append(src.problem(("security", "client_ca"), f"file {security.client_ca} not found"))
 
     sites: dict[str, Site] = {}
     raw_sites = data.get("sites") or {}
@@ -354,7 +381,7 @@ def load_inventory(path: Path, catalog: Catalog) -> Inventory:
     if problems:
         raise ProblemsError(problems)
     site_settings = {n: resolve_settings(defaults, st, networks=st.networks) for n, st in sites.items()}
-    return Inventory(path, src, defaults, sites, devices, resolved, index, site_settings)
+    return Inventory(path, src, defaults, sites, devices, resolved, index, site_settings, security)
 
 
 def vendor_of(catalog: Catalog, dev: ResolvedDevice) -> VendorProfile:

@@ -113,3 +113,19 @@ def test_master_key_file_is_private_and_checked(tmp_path, monkeypatch):
     monkeypatch.setenv("PROVISIONER_MASTER_KEY", base64.b64encode(b"short").decode())
     with pytest.raises(MasterKeyError, match="32 bytes"):
         load_or_create_key(tmp_path)
+
+
+def test_tampered_audit_log_is_detected(store: Store):
+    for i in range(4):
+        store.audit("cli:test", f"a.{i}", "805ec0000001", f"entry {i}", {"i": i})
+    assert store.verify_audit_chain() == []
+    with store.write() as c:
+        c.execute(audit_log.update().where(audit_log.c.action == "a.1").values(why="nothing happened"))
+    problems = store.verify_audit_chain()
+    assert len(problems) == 1 and "(a.1): content does not match its hash" in problems[0]
+    with store.write() as c:
+        c.execute(audit_log.delete().where(audit_log.c.action == "a.2"))
+    assert any("(a.3): does not follow entry" in p for p in store.verify_audit_chain())
+    with store.write() as c:
+        c.execute(audit_log.delete().where(audit_log.c.action == "a.3"))
+    assert any("entries at the end were removed" in p for p in store.verify_audit_chain())

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 from urllib.parse import urlsplit
 
 import uvicorn
 
+from provisioner.alerts import Alerts
 from provisioner.errors import InputError
 from provisioner.operations import sync_inventory
 from provisioner.runtime import Runtime
 from provisioner.serve.digest import DigestAuth
 from provisioner.serve.https import create_app
+from provisioner.serve.mtls import TlsScopeProtocol
 from provisioner.serve.pipeline import EventRecorder, Pipeline
 from provisioner.serve.tftp import TftpService
 from provisioner.serve.tls import ensure_tls
@@ -59,7 +62,11 @@ def run(rt: Runtime, https: str, tftp: str | None, echo=print) -> None:
     result = sync_inventory(rt, actor="serve")
     tls = ensure_tls(rt.home, server_names(rt, https_host))
     recorder = EventRecorder(rt)
-    pipeline = Pipeline(rt, tls.ca_cert.read_bytes(), recorder, DigestAuth(rt.keyring.derive("digest-nonce")))
+    sec = inv.security
+    alerts = Alerts(sec.alert_command, sec.alert_webhook)
+    pipeline = Pipeline(rt, tls.ca_cert.read_bytes(), recorder, DigestAuth(rt.keyring.derive("digest-nonce")),
+                        alerts=alerts)
+    client_ca = str(rt.inventory_path.parent / sec.client_ca) if sec.client_ca else None
     tftp_service = None
     if tftp_addr:
         tftp_service = TftpService(pipeline, tftp_addr[0], tftp_addr[1], rt.home / "tftp-root")
@@ -67,7 +74,9 @@ def run(rt: Runtime, https: str, tftp: str | None, echo=print) -> None:
     config = uvicorn.Config(create_app(pipeline), host=https_host, port=https_port,
                             ssl_certfile=str(tls.cert), ssl_keyfile=str(tls.key), log_level="warning",
                             access_log=False, server_header=False, date_header=True,
-                            timeout_keep_alive=15, limit_concurrency=4096, h11_max_incomplete_event_size=16384)
+                            timeout_keep_alive=15, limit_concurrency=4096, h11_max_incomplete_event_size=16384,
+                            http=TlsScopeProtocol,
+                            ssl_ca_certs=client_ca, ssl_cert_reqs=ssl.CERT_OPTIONAL if client_ca else ssl.CERT_NONE)
     server = uvicorn.Server(config)
     log.info("serving %d devices (%d new) from %s", len(inv.resolved), len(result.added), rt.inventory_path)
     echo(banner(rt, https_host, https_port, tftp_addr, tls.ca_cert))
@@ -77,6 +86,7 @@ def run(rt: Runtime, https: str, tftp: str | None, echo=print) -> None:
         if tftp_service:
             tftp_service.stop()
         recorder.close()
+        alerts.close()
         log.info("stopped")
 
 

@@ -16,12 +16,16 @@ SECURITY_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosn
 def create_app(pipeline: Pipeline) -> Starlette:
     async def fetch(request: HttpRequest) -> Response:
         client = request.client.host if request.client else "0.0.0.0"
+        tls = request.scope.get("extensions", {}).get("tls") or {}
         req = Request("https", request.path_params["filename"], client, request.headers.get("user-agent"),
-                      request.headers.get("authorization"), request.method, request.url.path)
+                      request.headers.get("authorization"), request.method, request.url.path,
+                      tls.get("client_cert"))
         reply = await run_in_threadpool(pipeline.handle, req)
         headers = dict(SECURITY_HEADERS)
         if reply.status == 401:
             headers["WWW-Authenticate"] = pipeline.digest.challenge(stale=reply.stale)
+        if reply.retry_after:
+            headers["Retry-After"] = str(reply.retry_after)
         body = b"" if request.method == "HEAD" else reply.body
         return Response(body, status_code=reply.status, media_type=reply.content_type, headers=headers)
 

@@ -13,7 +13,8 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from provisioner import registrar
+from provisioner import metrics, registrar
+from provisioner.alerts import Alerts
 from provisioner.desired import common_context, device_context
 from provisioner.errors import RenderError
 from provisioner.inventory import ResolvedDevice
@@ -21,6 +22,8 @@ from provisioner.render import sha256
 from provisioner.runtime import Runtime
 from provisioner.secret import Secret
 from provisioner.serve.digest import DigestAuth, parse_authorization
+from provisioner.serve.guard import Guard, GuardPolicy
+from provisioner.serve.mtls import cert_macs
 from provisioner.store import utcnow
 from provisioner.vendors import FileMatch, VendorProfile
 
@@ -41,6 +44,7 @@ class Request:
     authorization: str | None = None
     method: str = "GET"
     path: str = ""
+    client_cert: dict | None = None  # the verified peer certificate (ssl getpeercert()), if any
 
 
 @dataclass
@@ -52,11 +56,16 @@ class Reply:
     mac: str | None = None
     digest: str | None = None
     stale: bool = False
-    extra: dict = field(default_factory=dict)
+    failure: bool = False  # counts against the source (guard.py); the digest dance does not
+    retry_after: int | None = None
 
 
-def unauthorized(reason: str, mac: str | None = None, stale: bool = False) -> Reply:
-    return Reply(401, UNAUTHORIZED_BODY, reason=reason, mac=mac, stale=stale)
+def unauthorized(reason: str, mac: str | None = None, stale: bool = False, failure: bool = True) -> Reply:
+    return Reply(401, UNAUTHORIZED_BODY, reason=reason, mac=mac, stale=stale, failure=failure)
+
+
+def not_found(reason: str, mac: str | None = None) -> Reply:
+    return Reply(404, b"not found\n", reason=reason, mac=mac, failure=True)
 
 
 class EventRecorder:
@@ -107,8 +116,13 @@ class EventRecorder:
 
 class Pipeline:
     def __init__(self, rt: Runtime, ca_pem: bytes, recorder: EventRecorder | None = None,
-                 digest: DigestAuth | None = None):
+                 digest: DigestAuth | None = None, guard: Guard | None = None, alerts: Alerts | None = None):
         self.rt = rt
+        self.alerts = alerts or Alerts()
+        inv = rt.inventory
+        self.guard = guard or Guard(GuardPolicy(ban_after=inv.security.ban_after, window=inv.security.window,
+                                                ban_seconds=inv.security.ban_seconds),
+                                    inv.is_site_address, self._banned)
         self.catalog = rt.catalog
         self.renderer = rt.renderer
         self.ca_pem = ca_pem
@@ -120,26 +134,54 @@ class Pipeline:
     # ---- entry points ----------------------------------------------------------------------------
 
     def handle(self, req: Request) -> Reply:
-        try:
-            reply = self._https(req) if req.transport == "https" else self._tftp(req)
-        except RenderError as e:
-            log.error("render refused: %s", e)
-            reply = Reply(500, b"configuration could not be rendered\n", reason=str(e)[:255])
+        verdict = self.guard.check(req.ip)
+        if verdict is not None:
+            reply = Reply(verdict.status, b"too many failed requests\n" if verdict.status == 429 else b"forbidden\n",
+                          reason=verdict.reason, retry_after=verdict.retry_after)
+        else:
+            try:
+                reply = self._https(req) if req.transport == "https" else self._tftp(req)
+            except RenderError as e:
+                log.error("render refused: %s", e)
+                reply = Reply(500, b"configuration could not be rendered\n", reason=str(e)[:255])
+            if reply.failure:
+                self.guard.failure(req.ip)
+            elif reply.status == 200 and reply.mac:
+                self.guard.success(req.ip)
+        metrics.count_fetch(req.transport, reply.status)
         if self.recorder:
             self.recorder.record(req, reply)
         return reply
+
+    def _banned(self, target: str, what: str, seconds: int) -> None:
+        why = f"{what} banned for {seconds} s after repeated failed requests for device files"
+        try:
+            self.rt.store.audit("guard", f"{what}.banned", target, why, {"seconds": seconds})
+        except Exception:
+            log.exception("could not write the ban to the audit log")
+        metrics.inc("provisioner_bans_total")
+        self.alerts.notify(f"{what}.banned", target, why, seconds=seconds)
+
+    def _lock_device(self, dev: ResolvedDevice, ip: str) -> None:
+        why = f"authenticated request from {ip}, outside site {dev.site}'s networks, after enrolment"
+        with self.rt.store.write() as c:
+            n = self.rt.store.update_device(c, dev.mac, state="locked", lock_reason=why[:255])
+            if n:
+                self.rt.store.append_audit(c, "guard", "device.locked", dev.mac, why, {"source_ip": ip})
+        metrics.inc("provisioner_locks_total")
+        self.alerts.notify("device.locked", dev.mac, why, source_ip=ip)
 
     # ---- identify --------------------------------------------------------------------------------
 
     def _identify(self, req: Request) -> tuple[Reply | None, FileMatch | None, ResolvedDevice | None]:
         name = req.filename
         if not SAFE_NAME.match(name):
-            return Reply(404, b"not found\n", reason="file name refused (not a plain file name)"), None, None
+            return not_found("file name refused (not a plain file name)"), None, None
         if name == CA_NAME:
             return Reply(200, self.ca_pem, "application/x-pem-file", reason="CA certificate"), None, None
         matches = self.catalog.match_file(name)
         if not matches:
-            return Reply(404, b"not found\n", reason="no vendor profile asks for this file name"), None, None
+            return not_found("no vendor profile asks for this file name"), None, None
         per_device = [m for m in matches if m.mac]
         if not per_device:
             ua = self.catalog.parse_user_agent(req.user_agent)
@@ -199,8 +241,8 @@ class Pipeline:
 
         store = self.rt.store
         cred = parse_authorization(req.authorization)
-        st = store.device(dev.mac) if dev else None
-        if st is None:
+        st = store.device(m.mac)  # looked up for unknown MACs too: the same work whatever the answer
+        if dev is None or st is None:
             if cred:  # same work as for a real device, so timing does not tell
                 self.digest.verify(cred, req.method, req.path, DUMMY.reveal())
             return unauthorized("unknown device" if dev is None else "device not yet synced to the store")
@@ -208,13 +250,21 @@ class Pipeline:
         if st.state in ("locked", "decommissioned"):
             if cred:
                 self.digest.verify(cred, req.method, req.path, DUMMY.reveal())
-            return unauthorized(f"device is {st.state}", mac)
+            return unauthorized(f"device is {st.state}" + (f" ({st.lock_reason})" if st.lock_reason else ""), mac)
 
         active = store.credentials(mac, "active")
         pending = store.credentials(mac, "pending") if st.pending_hash else {}
         now = utcnow()
         how = None
-        if cred is not None:
+        auth_mode = dev.settings.policy.auth
+        if req.client_cert is not None and auth_mode in ("mtls", "either"):
+            if mac in cert_macs(req.client_cert):
+                how = "client certificate"
+            else:
+                return unauthorized("client certificate names another device", mac)
+        elif auth_mode == "mtls":
+            return unauthorized("site policy requires a client certificate", mac)
+        if how is None and cred is not None:
             stale = False
             if cred.username == mac:
                 for creds in (active, pending):
@@ -229,11 +279,13 @@ class Pipeline:
             else:
                 self.digest.verify(cred, req.method, req.path, DUMMY.reveal())
             if how is None:
-                return unauthorized("digest credentials refused" + (" (stale nonce)" if stale else ""), mac, stale)
+                return unauthorized("digest credentials refused" + (" (stale nonce)" if stale else ""), mac, stale,
+                                    failure=not stale)
         ua_problem = self._ua_problem(m.vendor, mac, req.user_agent)
         if how is None:
             if st.state != "enrolling":
-                return unauthorized("no credentials and the enrolment window is closed", mac)
+                # a phone's first, anonymous request of the digest dance: not a failure
+                return unauthorized("no credentials and the enrolment window is closed", mac, failure=False)
             if st.enrol_expires_at is None or now > st.enrol_expires_at:
                 return unauthorized("enrolment window expired; reopen it with adopt/reset", mac)
             if not dev.settings.in_site(req.ip):
@@ -247,6 +299,10 @@ class Pipeline:
             how = "enrolment (credentials handed out)"
         elif ua_problem:
             return unauthorized(ua_problem, mac)
+        elif st.enrolled_at is not None and not dev.settings.in_site(req.ip):
+            # Kazoo-style: valid credentials from elsewhere mean stolen credentials or a moved phone
+            self._lock_device(dev, req.ip)
+            return unauthorized(f"device locked: authenticated request from {req.ip}, outside site {dev.site}", mac)
 
         creds, version = (pending, st.pending_hash) if st.pending_hash else (active, st.desired_hash)
         if st.pending_hash and m.spec.trigger and not registrar.prepare_switch(self.rt, dev, pending):

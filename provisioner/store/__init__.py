@@ -250,13 +250,37 @@ class Store:
         now = now or utcnow()
         head = conn.execute(sa.select(audit_head).where(audit_head.c.id == 1).with_for_update()).one()
         body = json.dumps(details or {}, sort_keys=True, default=str)
-        entry = {"at": now.isoformat(), "actor": actor, "action": action, "target": target, "why": why,
-                 "details": body}
-        h = hashlib.sha256((head.last_hash + json.dumps(entry, sort_keys=True)).encode()).hexdigest()
+        now = now.astimezone(dt.timezone.utc)
+        h = self._entry_hash(head.last_hash, now, actor, action, target, why, body)
         res = conn.execute(audit_log.insert().values(at=now, actor=actor, action=action, target=target, why=why,
                                                      details=body, prev_hash=head.last_hash, entry_hash=h))
         conn.execute(audit_head.update().where(audit_head.c.id == 1).values(
             last_id=res.inserted_primary_key[0], last_hash=h))
+
+    @staticmethod
+    def _entry_hash(prev: str, at: dt.datetime, actor, action, target, why, details: str) -> str:
+        entry = {"at": at.isoformat(), "actor": actor, "action": action, "target": target, "why": why,
+                 "details": details}
+        return hashlib.sha256((prev + json.dumps(entry, sort_keys=True)).encode()).hexdigest()
+
+    def verify_audit_chain(self) -> list[str]:
+        """Problems found walking the hash chain: an edited, removed or inserted entry breaks it."""
+        problems = []
+        prev, last_id = "0" * 64, 0
+        with self.engine.connect() as c:
+            head = c.execute(sa.select(audit_head).where(audit_head.c.id == 1)).one()
+            for r in c.execute(sa.select(audit_log).order_by(audit_log.c.id)):
+                if r.prev_hash != prev:
+                    problems.append(f"audit entry {r.id} ({r.action}): does not follow entry {last_id or 'start'} "
+                                    f"(an entry before it was removed or altered)")
+                h = self._entry_hash(r.prev_hash, as_utc(r.at), r.actor, r.action, r.target, r.why, r.details)
+                if h != r.entry_hash:
+                    problems.append(f"audit entry {r.id} ({r.action}): content does not match its hash (edited)")
+                prev, last_id = r.entry_hash, r.id
+        if (head.last_id, head.last_hash) != (last_id, prev):
+            problems.append(f"audit log ends at entry {last_id}, but its head says {head.last_id} "
+                            f"(entries at the end were removed)")
+        return problems
 
     def audit(self, actor: str, action: str, target: str | None, why: str | None, details: dict | None = None) -> None:
         with self.write() as c:

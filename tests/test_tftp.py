@@ -39,3 +39,17 @@ def test_server_survives_many_transfers(server: Server, tmp_path: Path):
     for i in range(25):
         assert server.tftp("805ec0123457.cfg", tmp_path / "x") is not None, f"transfer {i} failed"
     assert server.proc.poll() is None
+
+
+def test_full_configs_over_tftp_only_where_the_site_says_so(home, tmp_path: Path):
+    from conftest import start_server
+    text = home.inventory.read_text().replace("    tftp: bootstrap ", "    tftp: full      ")
+    home.inventory.write_text(text)
+    srv = start_server(home)
+    try:
+        full = srv.tftp("805ec0123456.cfg", tmp_path / "full.cfg")
+        assert full is not None and b"account.1.password" in full
+        boot = srv.tftp("805ec0abcdef.cfg", tmp_path / "boot.cfg")  # unknown MAC: bootstrap only
+        assert boot is not None and b"password" not in boot
+    finally:
+        srv.stop()

@@ -10,6 +10,7 @@ import logging
 import queue
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,7 @@ SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}\Z")
 CA_NAME = "ca.pem"
 UNAUTHORIZED_BODY = b"authentication required\n"
 DUMMY = Secret("x" * 24)
+SEEN_REFRESH = 60.0  # seconds
 
 
 @dataclass
@@ -128,7 +130,8 @@ class Pipeline:
         self.ca_pem = ca_pem
         self.recorder = recorder
         self.digest = digest or DigestAuth()
-        self._cache: dict[tuple, bytes] = {}
+        self._cache: dict[tuple, object] = {}
+        self._served: dict[str, tuple[str, str, float]] = {}
         self._lock = threading.Lock()
 
     # ---- entry points ----------------------------------------------------------------------------
@@ -202,6 +205,31 @@ class Pipeline:
             return f"User-Agent carries MAC {info.mac}, the file is for {mac}"
         return None
 
+    # ---- state, cached where it is immutable --------------------------------------------------------
+
+    def _credentials(self, mac: str, status: str, version: str | None) -> dict[str, Secret]:
+        """Decrypted credentials of a generation. The config hash (`version`) fingerprints the secrets
+        (every secret is in the config), so (mac, status, hash) names one immutable set."""
+        if version is None:
+            return self.rt.store.credentials(mac, status)
+        key = ("creds", mac, status, version)
+        with self._lock:
+            hit = self._cache.get(key)
+        if hit is None:
+            hit = self.rt.store.credentials(mac, status)
+            with self._lock:
+                self._cache[key] = hit
+        return hit
+
+    def _mark_served(self, st, digest: str, req: Request, now) -> None:
+        """Record what the device now holds; a steady resync refreshes last_seen at most once a minute."""
+        last = self._served.get(st.mac)
+        if (st.served_hash == digest and last is not None and last[0] == digest and last[1] == req.ip
+                and time.monotonic() - last[2] < SEEN_REFRESH):
+            return
+        self.rt.store.mark_served(st.mac, digest, req.ip, req.user_agent, now)
+        self._served[st.mac] = (digest, req.ip, time.monotonic())
+
     # ---- render ----------------------------------------------------------------------------------
 
     def _common(self, m: FileMatch, ip: str, template: str) -> bytes:
@@ -252,8 +280,8 @@ class Pipeline:
                 self.digest.verify(cred, req.method, req.path, DUMMY.reveal())
             return unauthorized(f"device is {st.state}" + (f" ({st.lock_reason})" if st.lock_reason else ""), mac)
 
-        active = store.credentials(mac, "active")
-        pending = store.credentials(mac, "pending") if st.pending_hash else {}
+        active = self._credentials(mac, "active", st.desired_hash)
+        pending = self._credentials(mac, "pending", st.pending_hash) if st.pending_hash else {}
         now = utcnow()
         how = None
         auth_mode = dev.settings.policy.auth
@@ -312,7 +340,7 @@ class Pipeline:
         body = self._device_body(m, dev, creds, version)
         digest = sha256(body)
         if m.spec.trigger:
-            store.mark_served(mac, digest, req.ip, req.user_agent, now)
+            self._mark_served(st, digest, req, now)
             if st.pending_hash == digest and store.promote_pending(mac, digest, now):
                 log.info("device %s fetched the config of its new credential generation", mac)
         return Reply(200, body, reason=f"served by {how}", mac=mac, digest=digest)
@@ -332,10 +360,12 @@ class Pipeline:
             return Reply(200, body, reason=f"common {m.vendor.name} file", digest=sha256(body))
         if dev is not None and dev.settings.policy.tftp == "full" and dev.settings.in_site(req.ip):
             st = self.rt.store.device(dev.mac)
-            if st is not None and st.state not in ("locked", "decommissioned"):
-                creds, version = ((self.rt.store.credentials(dev.mac, "pending"), st.pending_hash) if st.pending_hash
-                                  else (self.rt.store.credentials(dev.mac, "active"), st.desired_hash))
-                body = self._device_body(m, dev, creds, version)
+            if st is not None and st.state not in ("locked", "decommissioned") and not st.pending_hash:
+                # no rotation over TFTP: the registrar switch needs the HTTPS path
+                body = self._device_body(m, dev, self._credentials(dev.mac, "active", st.desired_hash),
+                                         st.desired_hash)
+                if m.spec.trigger:
+                    self._mark_served(st, sha256(body), req, utcnow())
                 return Reply(200, body, reason="full config over TFTP (site policy tftp: full)", mac=dev.mac,
                              digest=sha256(body))
         if not m.spec.tftp_template:

@@ -10,6 +10,7 @@ import logging
 import queue
 import re
 import threading
+from collections import OrderedDict
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,6 +117,32 @@ class EventRecorder:
         self._thread.join(timeout=10)
 
 
+CACHE_ENTRIES = 20_000  # rendered configs and decrypted credential sets: a boot storm's working set
+
+
+class LruCache:
+    """Bounded, thread-safe: memory stays flat with 100,000 devices; a miss only costs a render."""
+
+    def __init__(self, entries: int):
+        self._max = entries
+        self._d: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key):
+        with self._lock:
+            v = self._d.get(key)
+            if v is not None:
+                self._d.move_to_end(key)
+            return v
+
+    def put(self, key, value) -> None:
+        with self._lock:
+            self._d[key] = value
+            self._d.move_to_end(key)
+            while len(self._d) > self._max:
+                self._d.popitem(last=False)
+
+
 class Pipeline:
     def __init__(self, rt: Runtime, ca_pem: bytes, recorder: EventRecorder | None = None,
                  digest: DigestAuth | None = None, guard: Guard | None = None, alerts: Alerts | None = None):
@@ -130,9 +157,8 @@ class Pipeline:
         self.ca_pem = ca_pem
         self.recorder = recorder
         self.digest = digest or DigestAuth()
-        self._cache: dict[tuple, object] = {}
+        self._cache = LruCache(CACHE_ENTRIES)
         self._served: dict[str, tuple[str, str, float]] = {}
-        self._lock = threading.Lock()
 
     # ---- entry points ----------------------------------------------------------------------------
 
@@ -213,12 +239,10 @@ class Pipeline:
         if version is None:
             return self.rt.store.credentials(mac, status)
         key = ("creds", mac, status, version)
-        with self._lock:
-            hit = self._cache.get(key)
+        hit = self._cache.get(key)
         if hit is None:
             hit = self.rt.store.credentials(mac, status)
-            with self._lock:
-                self._cache[key] = hit
+            self._cache.put(key, hit)
         return hit
 
     def _mark_served(self, st, digest: str, req: Request, now) -> None:
@@ -236,25 +260,19 @@ class Pipeline:
         """A secret-free file, rendered from the settings of the source's site."""
         settings = self.rt.inventory.settings_for_ip(ip)
         key = ("common", m.vendor.name, template, m.model, settings)
-        with self._lock:
-            hit = self._cache.get(key)
+        hit = self._cache.get(key)
         if hit is None:
             hit = self.renderer.render(m.vendor, template, common_context(m.vendor, settings, m.model),
                                        f"{m.vendor.name} common file", m.spec.xml_root)
-            with self._lock:
-                self._cache[key] = hit
+            self._cache.put(key, hit)
         return hit
 
     def _device_body(self, m: FileMatch, dev: ResolvedDevice, creds: dict[str, Secret], version: str | None) -> bytes:
         key = ("device", dev.mac, m.spec.name, version)
-        with self._lock:
-            hit = self._cache.get(key)
+        hit = self._cache.get(key)
         if hit is None or version is None:
             _, hit = self.renderer.device_file(device_context(dev, m.vendor, creds), m.spec)
-            with self._lock:
-                if len(self._cache) > 200_000:
-                    self._cache.clear()
-                self._cache[key] = hit
+            self._cache.put(key, hit)
         return hit
 
     # ---- HTTPS -----------------------------------------------------------------------------------

@@ -25,6 +25,22 @@ PLACEHOLDERS = {
 }
 
 
+def name_regex(name: str) -> re.Pattern:
+    """A file-name pattern with placeholders as an anchored regex with named groups."""
+    out = ""
+    i = 0
+    while i < len(name):
+        for ph, rx in PLACEHOLDERS.items():
+            if name.startswith(ph, i):
+                out += rx
+                i += len(ph)
+                break
+        else:
+            out += re.escape(name[i])
+            i += 1
+    return re.compile(out + r"\Z")
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -57,18 +73,7 @@ class FileSpec(Strict):
 
     @cached_property
     def regex(self) -> re.Pattern:
-        out = ""
-        i = 0
-        while i < len(self.name):
-            for ph, rx in PLACEHOLDERS.items():
-                if self.name.startswith(ph, i):
-                    out += rx
-                    i += len(ph)
-                    break
-            else:
-                out += re.escape(self.name[i])
-                i += 1
-        return re.compile(out + r"\Z")
+        return name_regex(self.name)
 
     def filename_for(self, mac: str | None = None, model: str | None = None) -> str:
         name = self.name
@@ -114,6 +119,8 @@ class VendorProfile(Strict):
     passwords: dict[Literal["sip", "admin", "user", "provisioning"], PasswordRule]
     web_accounts: list[str] = Field(default_factory=lambda: ["admin"])  # which web passwords to generate
     factory_defaults: list[FactoryDefault] = Field(default_factory=list)
+    # files the device PUTs back with its own credentials (settings changed on the phone), e.g. {mac}-local.cfg
+    uploads: list[str] = Field(default_factory=list)
     sip_notify: SipNotify = SipNotify()
     reset_instructions: str | None = None
     provisioning_http_auth: bool = True
@@ -164,6 +171,10 @@ class VendorProfile(Strict):
     @cached_property
     def ua_regexes(self) -> list[re.Pattern]:
         return [re.compile(rx) for rx in self.user_agents]
+
+    @cached_property
+    def upload_regexes(self) -> list[re.Pattern]:
+        return [name_regex(u) for u in self.uploads]
 
     @property
     def trigger(self) -> FileSpec:
@@ -257,6 +268,16 @@ class Catalog:
                     return UserAgentInfo(v.name, gd.get("model"), gd.get("firmware"), mac,
                                          f"User-Agent matched {v.name} pattern")
         return None
+
+    def match_upload(self, filename: str) -> list[tuple[VendorProfile, str]]:
+        """(profile, mac) for every profile that lets a device upload this file name."""
+        out = []
+        for v in self.vendors.values():
+            for rx in v.upload_regexes:
+                m = rx.match(filename)
+                if m and m.groupdict().get("mac"):
+                    out.append((v, m.group("mac").lower()))
+        return out
 
     def vendor_for_oui(self, mac: str) -> list[str]:
         return [v.name for v in self.vendors.values() if mac[:6] in v.ouis]

@@ -119,3 +119,26 @@ def test_every_fetch_is_recorded_with_hash_and_reason(server: Server, home: Home
     import json
     row = next(d for d in json.loads(r.stdout) if d["mac"] == MAC)
     assert row["state"] == "provisioned" and row["served_hash"] == rows[0][1] == row["desired_hash"]
+
+
+def test_local_override_upload_needs_the_devices_credentials(server: Server, home: Home):
+    ua = ua_for(MAC)
+    status, cfg = server.curl(FILE, ua)
+    pw = password_of(cfg)
+    local = b"#!version:1.0.0.1\naccount.1.display_name = Changed On Phone\n"
+    import subprocess
+
+    def upload(user=None, password=None, name=f"{MAC}-local.cfg"):
+        cmd = ["curl", "-sS", "--max-time", "10", "--cacert", str(server.ca), "-A", ua, "-o", "/dev/null",
+               "-w", "%{http_code}", "-T", "-", server.base + name]
+        if user:
+            cmd[1:1] = ["--digest", "-u", f"{user}:{password}"]
+        return int(subprocess.run(cmd, input=local, capture_output=True, timeout=20).stdout)
+
+    assert upload() == 401
+    assert upload(MAC, "wrong") == 401
+    assert upload(MAC, pw, name="805ec0123457-local.cfg") == 401  # another device's file
+    assert upload(MAC, pw) == 201
+    db = sqlite3.connect(home.path / "state.db")
+    (n, sealed), = db.execute("select count(*), sealed from uploads where mac=?", (MAC,)).fetchall()
+    assert n == 1 and b"Changed On Phone" not in sealed  # sealed at rest

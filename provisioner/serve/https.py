@@ -8,7 +8,7 @@ from starlette.requests import Request as HttpRequest
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from provisioner.serve.pipeline import Pipeline, Request
+from provisioner.serve.pipeline import MAX_UPLOAD, Pipeline, Request
 
 SECURITY_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 
@@ -17,9 +17,15 @@ def create_app(pipeline: Pipeline) -> Starlette:
     async def fetch(request: HttpRequest) -> Response:
         client = request.client.host if request.client else "0.0.0.0"
         tls = request.scope.get("extensions", {}).get("tls") or {}
+        body = b""
+        if request.method == "PUT":
+            async for chunk in request.stream():  # bounded: one byte over the limit is enough to refuse
+                body += chunk
+                if len(body) > MAX_UPLOAD:
+                    break
         req = Request("https", request.path_params["filename"], client, request.headers.get("user-agent"),
                       request.headers.get("authorization"), request.method, request.url.path,
-                      tls.get("client_cert"))
+                      tls.get("client_cert"), body)
         reply = await run_in_threadpool(pipeline.handle, req)
         headers = dict(SECURITY_HEADERS)
         if reply.status == 401:
@@ -36,6 +42,6 @@ def create_app(pipeline: Pipeline) -> Starlette:
         return PlainTextResponse("not found\n", status_code=404, headers=SECURITY_HEADERS)
 
     return Starlette(
-        routes=[Route("/p/{filename}", fetch, methods=["GET", "HEAD"]), Route("/healthz", health)],
+        routes=[Route("/p/{filename}", fetch, methods=["GET", "HEAD", "PUT"]), Route("/healthz", health)],
         exception_handlers={404: not_found, 405: not_found},
     )

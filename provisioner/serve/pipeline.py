@@ -36,6 +36,7 @@ CA_NAME = "ca.pem"
 UNAUTHORIZED_BODY = b"authentication required\n"
 DUMMY = Secret("x" * 24)
 SEEN_REFRESH = 60.0  # seconds
+MAX_UPLOAD = 256 * 1024
 
 
 @dataclass
@@ -48,6 +49,7 @@ class Request:
     method: str = "GET"
     path: str = ""
     client_cert: dict | None = None  # the verified peer certificate (ssl getpeercert()), if any
+    body: bytes = b""  # PUT uploads only
 
 
 @dataclass
@@ -169,7 +171,10 @@ class Pipeline:
                           reason=verdict.reason, retry_after=verdict.retry_after)
         else:
             try:
-                reply = self._https(req) if req.transport == "https" else self._tftp(req)
+                if req.method == "PUT":
+                    reply = self._upload(req)
+                else:
+                    reply = self._https(req) if req.transport == "https" else self._tftp(req)
             except RenderError as e:
                 log.error("render refused: %s", e)
                 reply = Reply(500, b"configuration could not be rendered\n", reason=str(e)[:255])
@@ -275,16 +280,8 @@ class Pipeline:
             self._cache.put(key, hit)
         return hit
 
-    # ---- HTTPS -----------------------------------------------------------------------------------
-
-    def _https(self, req: Request) -> Reply:
-        early, m, dev = self._identify(req)
-        if early:
-            return early
-        if m.mac is None:
-            body = self._common(m, req.ip, m.spec.template)
-            return Reply(200, body, reason=f"common {m.vendor.name} file", digest=sha256(body))
-
+    def _authorize(self, req: Request, m: FileMatch, dev: ResolvedDevice | None, allow_enrolment: bool):
+        """A Reply refusing the request, or (how, state, active credentials, pending credentials, now)."""
         store = self.rt.store
         cred = parse_authorization(req.authorization)
         st = store.device(m.mac)  # looked up for unknown MACs too: the same work whatever the answer
@@ -329,6 +326,8 @@ class Pipeline:
                                     failure=not stale)
         ua_problem = self._ua_problem(m.vendor, mac, req.user_agent)
         if how is None:
+            if not allow_enrolment:  # the first, anonymous PUT of the digest dance
+                return unauthorized("uploads need the device's own credentials", mac, failure=False)
             if st.state != "enrolling":
                 # a phone's first, anonymous request of the digest dance: not a failure
                 return unauthorized("no credentials and the enrolment window is closed", mac, failure=False)
@@ -350,6 +349,24 @@ class Pipeline:
             self._lock_device(dev, req.ip)
             return unauthorized(f"device locked: authenticated request from {req.ip}, outside site {dev.site}", mac)
 
+        return how, st, active, pending, now
+
+    # ---- HTTPS -----------------------------------------------------------------------------------
+
+    def _https(self, req: Request) -> Reply:
+        early, m, dev = self._identify(req)
+        if early:
+            return early
+        if m.mac is None:
+            body = self._common(m, req.ip, m.spec.template)
+            return Reply(200, body, reason=f"common {m.vendor.name} file", digest=sha256(body))
+
+        auth = self._authorize(req, m, dev, allow_enrolment=True)
+        if isinstance(auth, Reply):
+            return auth
+        how, st, active, pending, now = auth
+        store = self.rt.store
+        mac = dev.mac
         creds, version = (pending, st.pending_hash) if st.pending_hash else (active, st.desired_hash)
         if st.pending_hash and m.spec.trigger and not registrar.prepare_switch(self.rt, dev, pending):
             # the registrar does not know the new passwords: the device keeps what works
@@ -362,6 +379,27 @@ class Pipeline:
             if st.pending_hash == digest and store.promote_pending(mac, digest, now):
                 log.info("device %s fetched the config of its new credential generation", mac)
         return Reply(200, body, reason=f"served by {how}", mac=mac, digest=digest)
+
+    # ---- uploads (local overrides) -----------------------------------------------------------------
+
+    def _upload(self, req: Request) -> Reply:
+        if not SAFE_NAME.match(req.filename):
+            return not_found("file name refused (not a plain file name)")
+        inv = self.rt.inventory
+        matches = self.catalog.match_upload(req.filename)
+        if not matches:
+            return not_found("no vendor profile lets devices upload this file name")
+        vendor, mac = next(((v, mc) for v, mc in matches if (d := inv.device(mc)) and d.vendor == v.name), matches[0])
+        dev = inv.device(mac)
+        if dev is not None and dev.vendor != vendor.name:
+            dev = None
+        auth = self._authorize(req, FileMatch(vendor, vendor.trigger, mac, None), dev, allow_enrolment=False)
+        if isinstance(auth, Reply):
+            return auth
+        if len(req.body) > MAX_UPLOAD:
+            return Reply(413, b"too large\n", reason=f"upload over {MAX_UPLOAD} bytes refused", mac=mac)
+        digest = self.rt.store.add_upload(mac, req.filename, req.body, req.ip, utcnow())
+        return Reply(201, b"stored\n", reason=f"upload stored ({auth[0]})", mac=mac, digest=digest)
 
     # ---- TFTP ------------------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from sqlalchemy.engine import Engine
 from provisioner.crypto import Keyring
 from provisioner.secret import Secret
 from provisioner.store.schema import audit_head, audit_log, credentials, devices, fetch_events
+from provisioner.store.uploads_schema import uploads
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -242,6 +243,26 @@ class Store:
             q = q.where(fetch_events.c.mac == mac)
         with self.engine.connect() as c:
             return [dict(r._mapping) for r in c.execute(q)]
+
+    # ---- uploads (local overrides sent back by devices) ---------------------------------------------
+
+    def add_upload(self, mac: str, filename: str, data: bytes, ip: str, now: dt.datetime) -> str:
+        digest = hashlib.sha256(data).hexdigest()
+        sealed = self.keyring.seal(Secret(data.decode("utf-8", "replace")), f"{mac}|upload:{filename}|{digest}")
+        with self.write() as c:
+            c.execute(uploads.insert().values(mac=mac, filename=filename, at=now, source_ip=ip, sha256=digest,
+                                              sealed=sealed))
+        return digest
+
+    def latest_uploads(self, mac: str) -> dict[str, tuple[dt.datetime, Secret]]:
+        """The newest upload of each file name for a device (content stays a Secret)."""
+        out: dict[str, tuple[dt.datetime, Secret]] = {}
+        with self.engine.connect() as c:
+            rows = c.execute(sa.select(uploads).where(uploads.c.mac == mac).order_by(uploads.c.id.desc())).all()
+        for r in rows:
+            if r.filename not in out:
+                out[r.filename] = (as_utc(r.at), self.keyring.open(r.sealed, f"{mac}|upload:{r.filename}|{r.sha256}"))
+        return out
 
     # ---- audit log (append-only, hash-chained) ---------------------------------------------------
 

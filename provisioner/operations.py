@@ -6,6 +6,8 @@ import datetime as dt
 import time
 from dataclasses import dataclass
 
+from sqlalchemy.exc import IntegrityError
+
 from provisioner import credentials as pw
 from provisioner.desired import credential_names, device_context
 from provisioner.errors import InputError, NotConfirmed, UnknownDevice
@@ -68,14 +70,17 @@ def sync_inventory(rt: Runtime, actor: str = "system") -> SyncResult:
         vendor = vendor_of(rt.catalog, dev)
         if state is None:
             creds = generate_credentials(rt, dev)
-            with store.write() as c:
-                store.create_device(c, mac, dev.vendor, dev.model, dev.site, "enrolling",
-                                    dev.settings.policy.enrolment_hours, now)
-                store.add_credentials(c, mac, 1, "active", creds, now)
-                store.update_device(c, mac, desired_hash=desired_hash(rt, dev, creds))
-                store.append_audit(c, actor, "device.added", mac, "in inventory, not yet in the store",
-                                   {"vendor": dev.vendor, "model": dev.model, "site": dev.site,
-                                    "enrolment_expires": (now + dt.timedelta(hours=dev.settings.policy.enrolment_hours)).isoformat()})
+            try:
+                with store.write() as c:
+                    store.create_device(c, mac, dev.vendor, dev.model, dev.site, "enrolling",
+                                        dev.settings.policy.enrolment_hours, now)
+                    store.add_credentials(c, mac, 1, "active", creds, now)
+                    store.update_device(c, mac, desired_hash=desired_hash(rt, dev, creds))
+                    store.append_audit(c, actor, "device.added", mac, "in inventory, not yet in the store",
+                                       {"vendor": dev.vendor, "model": dev.model, "site": dev.site,
+                                        "enrolment_expires": (now + dt.timedelta(hours=dev.settings.policy.enrolment_hours)).isoformat()})
+            except IntegrityError:
+                continue  # another replica added it first: its credentials are the device's
             added.append(mac)
             continue
         with store.write() as c:

@@ -1,0 +1,58 @@
+"""Two `serve` replicas on one PostgreSQL: both serve, enrolment happens exactly once, one audit log."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import sqlalchemy as sa
+
+from conftest import Home, kv, start_server, ua_for
+from provisioner.crypto import Keyring, load_or_create_key
+from provisioner.store import Store
+
+
+def test_two_replicas_enrol_each_device_exactly_once(home: Home, pg_cluster):
+    url = pg_cluster.new_database()
+    env = {"PROVISIONER_STATE": url}
+    a = start_server(home, env=env)
+    b = start_server(home, env=env)  # same home: same master key; in production, PROVISIONER_MASTER_KEY
+    try:
+        macs = [("805ec0123456", "T46G"), ("805ec0123457", "T41P"), ("805ec0123458", "T46S")]
+        results: dict[str, list[int]] = {m: [] for m, _ in macs}
+        bodies: dict[str, bytes] = {}
+        for mac, model in macs:
+            barrier = threading.Barrier(2)
+
+            def fetch(srv, mac=mac, model=model, barrier=barrier):
+                barrier.wait(timeout=10)
+                status, body = srv.curl(f"{mac}.cfg", ua_for(mac, model))
+                results[mac].append(status)
+                if status == 200:
+                    bodies[mac] = body
+            threads = [threading.Thread(target=fetch, args=(s,)) for s in (a, b)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=30)
+        for mac, _ in macs:
+            assert sorted(results[mac]) == [200, 401], (mac, results[mac])
+        # both replicas serve the enrolled device with its credentials
+        for srv in (a, b):
+            pw = kv(bodies["805ec0123456"])["static.auto_provision.server.password"][0]
+            status, body = srv.curl("805ec0123456.cfg", ua_for("805ec0123456"), user="805ec0123456", password=pw)
+            assert status == 200 and body == bodies["805ec0123456"]
+        time.sleep(0.6)  # the event recorders flush every 0.2 s
+    finally:
+        a.stop()
+        b.stop()
+    store = Store(sa.create_engine(url), Keyring(load_or_create_key(home.path)))
+    try:
+        entries = store.audit_entries(limit=1000)
+        enrolled = [e for e in entries if e["action"] == "device.enrolled"]
+        assert sorted(e["target"] for e in enrolled) == ["805ec0123456", "805ec0123457", "805ec0123458"]
+        assert len([e for e in entries if e["action"] == "device.added"]) == 3  # both synced, once each
+        assert store.verify_audit_chain() == []  # appended by two processes, still one intact chain
+        assert len(store.fetches(limit=100)) >= 10
+    finally:
+        store.close()

@@ -218,6 +218,7 @@ def _merge(*layers: dict) -> dict:
 
 
 SETTING_KEYS = tuple(Settings.model_fields)
+OVERRIDABLE = frozenset(SETTING_KEYS)
 
 
 def resolve_settings(*levels: Settings, networks: list[str] = ()) -> ResolvedSettings:
@@ -371,16 +372,20 @@ def load_inventory(path: Path, catalog: Catalog) -> Inventory:
 
     if problems:
         raise ProblemsError(problems)
+    site_settings = {n: resolve_settings(defaults, st, networks=st.networks) for n, st in sites.items()}
     resolved = {}
     for mac, dev in devices.items():
-        r = resolve(defaults, sites[dev.site], dev)
+        if dev.model_fields_set & OVERRIDABLE:
+            r = resolve(defaults, sites[dev.site], dev)
+        else:  # most devices inherit everything: share their site's settings (fast with 100,000 devices)
+            r = ResolvedDevice(mac=dev.mac, vendor=dev.vendor, model=dev.model, site=dev.site, name=dev.name,
+                               lines=tuple(dev.lines), settings=site_settings[dev.site])
         if r.settings.registrar.host == "sip.invalid":
             problems.append(src.problem(("devices", index[mac], "registrar"),
                                         "no registrar host set (in defaults, the site or the device)"))
         resolved[mac] = r
     if problems:
         raise ProblemsError(problems)
-    site_settings = {n: resolve_settings(defaults, st, networks=st.networks) for n, st in sites.items()}
     return Inventory(path, src, defaults, sites, devices, resolved, index, site_settings, security)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import time
 from dataclasses import dataclass
 
@@ -42,6 +43,14 @@ def desired_hash(rt: Runtime, dev: ResolvedDevice, creds: dict[str, Secret]) -> 
     return sha256(data)
 
 
+def inputs_fingerprint(rt: Runtime, dev: ResolvedDevice, generation: int) -> str:
+    """Everything the desired config is computed from, but the secrets themselves (their generation)."""
+    h = hashlib.sha256(repr(dev).encode())
+    h.update(rt.vendor_fingerprint(dev.vendor).encode())
+    h.update(f"|{generation}".encode())
+    return h.hexdigest()
+
+
 def resolve_mac(rt: Runtime, mac: str) -> ResolvedDevice:
     try:
         mac = normalize_mac(mac)
@@ -75,7 +84,8 @@ def sync_inventory(rt: Runtime, actor: str = "system") -> SyncResult:
                     store.create_device(c, mac, dev.vendor, dev.model, dev.site, "enrolling",
                                         dev.settings.policy.enrolment_hours, now)
                     store.add_credentials(c, mac, 1, "active", creds, now)
-                    store.update_device(c, mac, desired_hash=desired_hash(rt, dev, creds))
+                    store.update_device(c, mac, desired_hash=desired_hash(rt, dev, creds),
+                                        inputs_hash=inputs_fingerprint(rt, dev, 1))
                     store.append_audit(c, actor, "device.added", mac, "in inventory, not yet in the store",
                                        {"vendor": dev.vendor, "model": dev.model, "site": dev.site,
                                         "enrolment_expires": (now + dt.timedelta(hours=dev.settings.policy.enrolment_hours)).isoformat()})
@@ -83,8 +93,13 @@ def sync_inventory(rt: Runtime, actor: str = "system") -> SyncResult:
                 continue  # another replica added it first: its credentials are the device's
             added.append(mac)
             continue
+        fingerprint = inputs_fingerprint(rt, dev, state.generation)
+        if state.inputs_hash == fingerprint and not state.pending_hash:
+            continue  # nothing the desired config depends on has changed since it was computed
         with store.write() as c:
             changes = {}
+            if state.inputs_hash != fingerprint:
+                changes["inputs_hash"] = fingerprint
             if (state.vendor, state.model, state.site) != (dev.vendor, dev.model, dev.site):
                 changes.update(vendor=dev.vendor, model=dev.model, site=dev.site)
             for status in ("active", "pending"):
@@ -102,11 +117,13 @@ def sync_inventory(rt: Runtime, actor: str = "system") -> SyncResult:
                 key = "desired_hash" if status == "active" else "pending_hash"
                 if getattr(state, key) != h:
                     changes[key] = h
-            if changes:
+            if set(changes) - {"inputs_hash"}:
                 store.update_device(c, mac, **changes)
                 store.append_audit(c, actor, "device.updated", mac, "inventory changed",
                                    {k: v for k, v in changes.items() if not k.endswith("hash")} or {"config": "changed"})
                 updated.append(mac)
+            elif changes:
+                store.update_device(c, mac, **changes)
     return SyncResult(added, updated)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import logging.handlers
 import os
@@ -51,6 +52,17 @@ class Runtime:
     @cached_property
     def renderer(self) -> Renderer:
         return Renderer(templates_dir())
+
+    def vendor_fingerprint(self, vendor: str) -> str:
+        """Hash of a vendor's profile and templates: a change to either changes every desired config."""
+        fps = self.__dict__.setdefault("_vendor_fps", {})
+        if vendor not in fps:
+            h = hashlib.sha256(self.catalog.sources[vendor].text.encode())
+            tdir = templates_dir()
+            for path in sorted(tdir.rglob("*.j2")):  # includes may cross vendors: hash them all
+                h.update(path.relative_to(tdir).as_posix().encode() + b"\0" + path.read_bytes())
+            fps[vendor] = h.hexdigest()
+        return fps[vendor]
 
     @property
     def inventory(self) -> Inventory:

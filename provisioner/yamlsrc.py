@@ -38,13 +38,22 @@ def round_trip() -> YAML:
     return y
 
 
+def _fast() -> YAML:
+    return YAML(typ="safe")  # the C loader (ruamel.yaml.clib) when installed
+
+
 @dataclass
 class Source:
-    """A parsed YAML document and where it came from."""
+    """A parsed YAML document and where it came from.
+
+    Parsed with the fast safe loader; the slower round-trip parse, which knows line numbers, only runs
+    when a problem has to be located.
+    """
 
     path: Path
     data: Any
     text: str
+    _rt: Any = None
 
     @classmethod
     def load(cls, path: Path) -> "Source":
@@ -55,21 +64,25 @@ class Source:
         except UnicodeDecodeError as e:
             raise ProblemsError([Problem(str(path), 1, "-", f"not UTF-8 text ({e.reason})")]) from None
         try:
-            data = round_trip().load(text)
+            data = _fast().load(text)
         except MarkedYAMLError as e:
             mark = e.problem_mark or e.context_mark
             line = mark.line + 1 if mark else 1
-            what = (e.problem or e.context or "invalid YAML").strip()
-            if "duplicate key" in str(e):
-                what = "duplicate key " + (str(e).split('found duplicate key "')[-1].split('"')[0] if 'found duplicate key "' in str(e) else "")
+            what = (e.problem or e.context or "invalid YAML").strip().split(" with value ")[0]
             raise ProblemsError([Problem(str(path), line, "-", what)]) from None
         except Exception as e:  # ruamel raises a few non-marked errors (e.g. bad tags)
             raise ProblemsError([Problem(str(path), 1, "-", f"invalid YAML: {type(e).__name__}")]) from None
         return cls(path, data, text)
 
+    @property
+    def positioned(self) -> Any:
+        if self._rt is None:
+            self._rt = round_trip().load(self.text)
+        return self._rt
+
     def line_of(self, loc: tuple) -> int:
         """1-based line of the deepest node of `loc` that exists in the document."""
-        node = self.data
+        node = self.positioned
         line = 1
         for key in loc:
             if isinstance(node, CommentedMap):

@@ -100,12 +100,13 @@ class DeviceState:
     desired_hash: str | None
     pending_hash: str | None
     lock_reason: str | None
+    inputs_hash: str | None = None
 
     @classmethod
     def from_row(cls, r) -> "DeviceState":
         return cls(r.mac, r.vendor, r.model, r.site, r.state, r.generation, as_utc(r.enrol_expires_at),
                    as_utc(r.enrolled_at), as_utc(r.last_seen), r.last_ip, r.last_ua, r.served_hash,
-                   r.desired_hash, r.pending_hash, r.lock_reason)
+                   r.desired_hash, r.pending_hash, r.lock_reason, r.inputs_hash)
 
 
 class Store:

@@ -30,6 +30,7 @@ devices = Table(
     Column("desired_hash", String(64)),
     Column("pending_hash", String(64)),  # desired hash of the pending generation while rotating
     Column("lock_reason", String(255)),
+    Column("inputs_hash", String(64)),  # fingerprint of what desired_hash was computed from (0006)
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )

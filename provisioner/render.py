@@ -24,6 +24,7 @@ from provisioner.secret import Secret
 from provisioner.vendors import FileSpec, VendorProfile
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_KV_SUSPICIOUS = re.compile(r"[\x00-\x1f\x7f=]")
 
 
 def _finalize(value: Any) -> Any:
@@ -59,24 +60,26 @@ class Renderer:
         self.templates_dir = templates_dir
         self._envs = {"keyvalue": _make_env(templates_dir, False), "xml": _make_env(templates_dir, True)}
 
-    def check_context(self, ctx: Any, fmt: str, who: str, path: str = "") -> None:
+    def check_context(self, ctx: Any, fmt: str, who: str) -> None:
         """Refuse values that would break or smuggle settings into the format; name the field."""
-        if isinstance(ctx, dict):
-            for k, v in ctx.items():
-                self.check_context(v, fmt, who, f"{path}.{k}" if path else str(k))
-            return
-        if isinstance(ctx, (list, tuple)):
-            for i, v in enumerate(ctx):
-                self.check_context(v, fmt, who, f"{path}[{i}]")
-            return
-        text = ctx.reveal() if isinstance(ctx, Secret) else ctx
-        if not isinstance(text, str):
-            return
-        if _CONTROL.search(text):
-            raise RenderError(f"{who}: field {path}: contains a control character (new line, tab, ...); refused")
-        if fmt == "keyvalue" and "=" in text and not path.endswith("url"):
-            raise RenderError(f"{who}: field {path}: contains '=', which would read as a setting "
-                              f"in a key=value file; refused")
+        suspicious = _KV_SUSPICIOUS if fmt == "keyvalue" else _CONTROL
+        stack: list[tuple[str, Any]] = [("", ctx)]
+        while stack:
+            path, node = stack.pop()
+            if isinstance(node, dict):
+                stack.extend((f"{path}.{k}" if path else str(k), v) for k, v in node.items())
+                continue
+            if isinstance(node, (list, tuple)):
+                stack.extend((f"{path}[{i}]", v) for i, v in enumerate(node))
+                continue
+            text = node.reveal() if isinstance(node, Secret) else node
+            if not isinstance(text, str) or not suspicious.search(text):
+                continue
+            if _CONTROL.search(text):
+                raise RenderError(f"{who}: field {path}: contains a control character (new line, tab, ...); refused")
+            if not path.endswith("url"):
+                raise RenderError(f"{who}: field {path}: contains '=', which would read as a setting "
+                                  f"in a key=value file; refused")
 
     def render(self, vendor: VendorProfile, template: str, ctx: dict, who: str, xml_root: str | None = None) -> bytes:
         self.check_context(ctx, vendor.format, who)

@@ -42,3 +42,27 @@ def test_adopt_twice_and_bad_input_are_refused(home: Home):
         r = home.cli("adopt", *args)
         assert r.returncode == 2 and msg in r.stderr, (args, r.stderr)
     assert home.inventory.read_text() == before  # a refused adopt changes nothing
+
+
+def test_adopt_while_serving_takes_effect_without_restart(home: Home):
+    import time
+    srv = start_server(home)
+    try:
+        assert srv.curl("805ec0aabb10.cfg", ua_for("805ec0aabb10", "T46S"))[0] == 401  # not adopted yet
+        r = home.cli("adopt", "80:5e:c0:aa:bb:10", "--vendor", "yealink", "--model", "T46S", "--site", "lab",
+                     "--line", "130:Stock Room")
+        assert r.returncode == 0, r.stderr
+        deadline = time.monotonic() + 15
+        status = 401
+        while status != 200 and time.monotonic() < deadline:  # the server notices within a second or two
+            time.sleep(0.5)
+            status = srv.curl("805ec0aabb10.cfg", ua_for("805ec0aabb10", "T46S"))[0]
+        assert status == 200
+        # a broken edit is ignored: the running inventory stays in force
+        home.inventory.write_text(home.inventory.read_text() + "\nbroken: [\n")
+        time.sleep(2)
+        assert srv.curl("y000000000000.cfg", "Yealink SIP-T46S 66.86.0.15")[0] == 200
+        assert srv.proc.poll() is None
+    finally:
+        srv.stop()
+    assert "inventory change ignored" in next(home.capture.glob("serve-*.log")).read_text()

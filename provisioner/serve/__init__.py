@@ -5,12 +5,15 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
+import threading
 from urllib.parse import urlsplit
 
 import uvicorn
 
 from provisioner.alerts import Alerts
 from provisioner.errors import InputError
+from provisioner.inventory import load_inventory
+from provisioner.yamlsrc import ProblemsError
 from provisioner.operations import sync_inventory
 from provisioner.runtime import Runtime
 from provisioner.serve.digest import DigestAuth
@@ -52,6 +55,57 @@ def server_names(rt: Runtime, https_host: str) -> set[str]:
     return names
 
 
+class InventoryWatcher:
+    """Reloads inventory.yaml when it changes (an `adopt` on site, an operator's edit) without a restart.
+
+    A broken edit is logged with its FILE:LINE problems and the running inventory stays in force.
+    """
+
+    def __init__(self, rt: Runtime, interval: float = 1.0):
+        self.rt = rt
+        self.interval = interval
+        self._stop = threading.Event()
+        self._seen = self._stamp()
+        self._thread = threading.Thread(target=self._run, name="inventory-watcher", daemon=True)
+
+    def _stamp(self):
+        try:
+            st = self.rt.inventory_path.stat()
+            return (st.st_mtime_ns, st.st_size, st.st_ino)
+        except OSError:
+            return None
+
+    def check(self) -> bool:
+        stamp = self._stamp()
+        if stamp == self._seen or stamp is None:
+            return False
+        self._seen = stamp
+        try:
+            inv = load_inventory(self.rt.inventory_path, self.rt.catalog)
+        except ProblemsError as e:
+            log.error("inventory change ignored, the running inventory stays in force:\n%s", e)
+            return False
+        self.rt._inventory = inv
+        result = sync_inventory(self.rt, actor="serve")
+        log.info("inventory reloaded: %d devices (%d new, %d changed)", len(inv.resolved), len(result.added),
+                 len(result.updated))
+        return True
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.check()
+            except Exception:
+                log.exception("inventory reload failed")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
 def run(rt: Runtime, https: str, tftp: str | None, echo=print) -> None:
     https_host, https_port = parse_hostport(https, "https")
     tftp_addr = parse_hostport(tftp, "tftp") if tftp else None
@@ -78,11 +132,14 @@ def run(rt: Runtime, https: str, tftp: str | None, echo=print) -> None:
                             http=TlsScopeProtocol,
                             ssl_ca_certs=client_ca, ssl_cert_reqs=ssl.CERT_OPTIONAL if client_ca else ssl.CERT_NONE)
     server = uvicorn.Server(config)
+    watcher = InventoryWatcher(rt)
+    watcher.start()
     log.info("serving %d devices (%d new) from %s", len(inv.resolved), len(result.added), rt.inventory_path)
     echo(banner(rt, https_host, https_port, tftp_addr, tls.ca_cert))
     try:
         server.run()
     finally:
+        watcher.stop()
         if tftp_service:
             tftp_service.stop()
         recorder.close()

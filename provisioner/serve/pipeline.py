@@ -153,7 +153,7 @@ class Pipeline:
         inv = rt.inventory
         self.guard = guard or Guard(GuardPolicy(ban_after=inv.security.ban_after, window=inv.security.window,
                                                 ban_seconds=inv.security.ban_seconds),
-                                    inv.is_site_address, self._banned)
+                                    lambda ip: self.rt.inventory.is_site_address(ip), self._banned)
         self.catalog = rt.catalog
         self.renderer = rt.renderer
         self.ca_pem = ca_pem

@@ -62,6 +62,35 @@ def resolve_mac(rt: Runtime, mac: str) -> ResolvedDevice:
     return dev
 
 
+SYNC_BATCH = 500
+
+
+def _add_devices(rt: Runtime, devs: list[ResolvedDevice], actor: str, now: dt.datetime) -> list[str]:
+    """New devices with their first credential generation and an open enrolment window, in one transaction."""
+    store = rt.store
+    items = []
+    for dev in devs:
+        creds = generate_credentials(rt, dev)
+        items.append((dev, creds, desired_hash(rt, dev, creds), inputs_fingerprint(rt, dev, 1)))
+    try:
+        with store.write() as c:
+            store.add_devices(c, [(dev.mac, dev.vendor, dev.model, dev.site, dev.settings.policy.enrolment_hours,
+                                   creds, dh, ih) for dev, creds, dh, ih in items], now)
+            store.append_audit(c, actor, "device.added", items[0][0].mac if len(items) == 1 else None,
+                               "in inventory, not yet in the store",
+                               {"devices": [f"{dev.mac} {dev.vendor} {dev.model} {dev.site}" for dev, *_ in items]},
+                               now)
+        return [dev.mac for dev, *_ in items]
+    except IntegrityError:  # another replica added some of them first: its credentials are theirs
+        if len(items) == 1:
+            return []
+        out = []
+        for dev, *_ in items:
+            if store.device(dev.mac) is None:
+                out += _add_devices(rt, [dev], actor, now)
+        return out
+
+
 @dataclass
 class SyncResult:
     added: list[str]
@@ -70,29 +99,19 @@ class SyncResult:
 
 def sync_inventory(rt: Runtime, actor: str = "system") -> SyncResult:
     """Bring the store in line with inventory.yaml: new devices get credentials and an open enrolment
-    window; credentials for new lines are added; desired hashes are recomputed."""
+    window; credentials for new lines are added; desired hashes are recomputed where an input changed."""
     store = rt.store
     now = utcnow()
     added, updated = [], []
+    states = {s.mac: s for s in store.all_devices()}
+    new = [dev for mac, dev in rt.inventory.resolved.items() if mac not in states]
+    for i in range(0, len(new), SYNC_BATCH):
+        added += _add_devices(rt, new[i:i + SYNC_BATCH], actor, now)
     for mac, dev in rt.inventory.resolved.items():
-        state = store.device(mac)
-        vendor = vendor_of(rt.catalog, dev)
+        state = states.get(mac)
         if state is None:
-            creds = generate_credentials(rt, dev)
-            try:
-                with store.write() as c:
-                    store.create_device(c, mac, dev.vendor, dev.model, dev.site, "enrolling",
-                                        dev.settings.policy.enrolment_hours, now)
-                    store.add_credentials(c, mac, 1, "active", creds, now)
-                    store.update_device(c, mac, desired_hash=desired_hash(rt, dev, creds),
-                                        inputs_hash=inputs_fingerprint(rt, dev, 1))
-                    store.append_audit(c, actor, "device.added", mac, "in inventory, not yet in the store",
-                                       {"vendor": dev.vendor, "model": dev.model, "site": dev.site,
-                                        "enrolment_expires": (now + dt.timedelta(hours=dev.settings.policy.enrolment_hours)).isoformat()})
-            except IntegrityError:
-                continue  # another replica added it first: its credentials are the device's
-            added.append(mac)
             continue
+        vendor = vendor_of(rt.catalog, dev)
         fingerprint = inputs_fingerprint(rt, dev, state.generation)
         if state.inputs_hash == fingerprint and not state.pending_hash:
             continue  # nothing the desired config depends on has changed since it was computed

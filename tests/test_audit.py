@@ -162,12 +162,12 @@ def test_tampered_audit_log_is_reported(home: Home):
     home.cli("check", check=True)
     home.cli("devices", check=True)  # writes device.added entries
     db = sqlite3.connect(home.path / "state.db")
-    db.execute("update audit_log set why='nothing to see' where id = 2")
+    db.execute("update audit_log set why='nothing to see' where id = 1")
     db.commit()
     rc, report = audit(home)
     assert rc == 3
     tamper = [f for f in report["findings"] if f["type"] == "tamper"]
-    assert tamper and tamper[0]["severity"] == "critical" and "entry 2" in tamper[0]["evidence"]
+    assert tamper and tamper[0]["severity"] == "critical" and "entry 1" in tamper[0]["evidence"]
 
 
 def test_bad_inventory_exits_2(home: Home):

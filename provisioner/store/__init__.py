@@ -153,6 +153,20 @@ class Store:
             enrol_opened_at=now if expires else None, enrol_expires_at=expires,
             created_at=now, updated_at=now))
 
+    def add_devices(self, conn, items: list[tuple], now: dt.datetime) -> None:
+        """Bulk create: (mac, vendor, model, site, enrol_hours, secrets, desired_hash, inputs_hash) each."""
+        if not items:
+            return
+        conn.execute(devices.insert(), [
+            {"mac": mac, "vendor": vendor, "model": model, "site": site, "state": "enrolling", "generation": 1,
+             "enrol_opened_at": now, "enrol_expires_at": now + dt.timedelta(hours=hours),
+             "desired_hash": dh, "inputs_hash": ih, "created_at": now, "updated_at": now}
+            for mac, vendor, model, site, hours, _, dh, ih in items])
+        conn.execute(credentials.insert(), [
+            {"mac": mac, "name": name, "generation": 1, "status": "active",
+             "sealed": self.keyring.seal(secret, _aad(mac, name, 1)), "created_at": now}
+            for mac, _, _, _, _, secrets, _, _ in items for name, secret in secrets.items()])
+
     def update_device(self, conn, mac: str, **values: Any) -> int:
         values.setdefault("updated_at", utcnow())
         return conn.execute(devices.update().where(devices.c.mac == mac).values(**values)).rowcount

@@ -142,3 +142,19 @@ def test_local_override_upload_needs_the_devices_credentials(server: Server, hom
     db = sqlite3.connect(home.path / "state.db")
     (n, sealed), = db.execute("select count(*), sealed from uploads where mac=?", (MAC,)).fetchall()
     assert n == 1 and b"Changed On Phone" not in sealed  # sealed at rest
+
+
+def test_oversized_request_heads_are_refused(server: Server):
+    import socket
+    import ssl
+    ctx = ssl.create_default_context(cafile=str(server.ca))
+    for size, expect in ((1_000, b"HTTP/1.1 200"), (100_000, b"HTTP/1.1 431")):
+        with ctx.wrap_socket(socket.create_connection(("127.0.0.1", server.https_port), timeout=5),
+                             server_hostname="127.0.0.1") as s:
+            try:
+                s.sendall(b"GET /p/y000000000000.cfg HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * size + b"\r\n\r\n")
+            except OSError:
+                pass  # the server may close before we finish sending
+            assert s.recv(100).startswith(expect)
+    # keep-alive still works after a normal request
+    assert server.curl("y000000000000.cfg", "Yealink SIP-T46G 28.83.0.50")[0] == 200

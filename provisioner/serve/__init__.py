@@ -18,7 +18,7 @@ from provisioner.operations import sync_inventory
 from provisioner.runtime import Runtime
 from provisioner.serve.digest import DigestAuth
 from provisioner.serve.https import create_app
-from provisioner.serve.mtls import TlsScopeProtocol
+from provisioner.serve.mtls import PhoneProtocol
 from provisioner.serve.pipeline import EventRecorder, Pipeline
 from provisioner.serve.tftp import TftpService
 from provisioner.serve.tls import ensure_tls
@@ -129,7 +129,7 @@ def run(rt: Runtime, https: str, tftp: str | None, echo=print) -> None:
                             ssl_certfile=str(tls.cert), ssl_keyfile=str(tls.key), log_level="warning",
                             access_log=False, server_header=False, date_header=True,
                             timeout_keep_alive=15, limit_concurrency=4096, h11_max_incomplete_event_size=16384,
-                            http=TlsScopeProtocol,
+                            http=PhoneProtocol,
                             ssl_ca_certs=client_ca, ssl_cert_reqs=ssl.CERT_OPTIONAL if client_ca else ssl.CERT_NONE)
     server = uvicorn.Server(config)
     watcher = InventoryWatcher(rt)

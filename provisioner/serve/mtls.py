@@ -1,7 +1,7 @@
 """Mutual TLS: a device may prove itself with its factory certificate (vendor device CA) naming its MAC.
 
-uvicorn does not pass the peer certificate to the app, so a small protocol subclass puts the verified
-certificate (ssl.getpeercert(), only filled when it chained to the configured CA bundle) into the ASGI
+uvicorn does not pass the peer certificate to the app, so a small protocol subclass (PhoneProtocol) puts
+the verified certificate (ssl.getpeercert(), only filled when it chained to the configured CA bundle) into the ASGI
 scope's `extensions.tls`.
 """
 
@@ -16,11 +16,41 @@ from provisioner.macaddr import normalize_mac
 _MACISH = re.compile(r"(?<![0-9A-Fa-f])(?:[0-9A-Fa-f]{2}[:\-.]?){5}[0-9A-Fa-f]{2}(?![0-9A-Fa-f])")
 
 
-class TlsScopeProtocol(HttpToolsProtocol):
+MAX_HEAD = 16 * 1024  # request line + headers: a phone's are well under 2 KB
+
+
+class PhoneProtocol(HttpToolsProtocol):
+    """httptools with the verified client certificate in the scope, and a bound on request heads
+    (httptools itself would buffer a header of any size)."""
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._head_bytes = 0
+        self._in_body = False
+
+    def data_received(self, data: bytes) -> None:
+        if not self._in_body:
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD:
+                self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+                                     b"connection: close\r\ncontent-length: 0\r\n\r\n")
+                self.transport.close()
+                return
+        super().data_received(data)
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
         cert = self.transport.get_extra_info("peercert") if self.transport else None
         self.scope["extensions"] = {"tls": {"client_cert": cert or None}}
+
+    def on_headers_complete(self) -> None:
+        self._in_body = True
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._in_body = False
+        self._head_bytes = 0
 
 
 def cert_macs(cert: dict) -> set[str]:

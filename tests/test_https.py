@@ -158,3 +158,20 @@ def test_oversized_request_heads_are_refused(server: Server):
             assert s.recv(100).startswith(expect)
     # keep-alive still works after a normal request
     assert server.curl("y000000000000.cfg", "Yealink SIP-T46G 28.83.0.50")[0] == 200
+
+
+def test_slow_request_heads_are_cut_off(home: Home):
+    import socket
+    import ssl
+    srv = start_server(home, env={"PROVISIONER_HEAD_TIMEOUT": "1"})
+    try:
+        ctx = ssl.create_default_context(cafile=str(srv.ca))
+        with ctx.wrap_socket(socket.create_connection(("127.0.0.1", srv.https_port), timeout=10),
+                             server_hostname="127.0.0.1") as s:
+            s.sendall(b"GET /p/y000000000000.cfg HTTP/1.1\r\nHost: x\r\n")  # ... and never the end
+            started = time.monotonic()
+            assert s.recv(100) == b""  # the server closed the connection
+            assert time.monotonic() - started < 8
+        assert srv.curl("y000000000000.cfg", "Yealink SIP-T46G 28.83.0.50")[0] == 200
+    finally:
+        srv.stop()

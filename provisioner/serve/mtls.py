@@ -7,6 +7,7 @@ scope's `extensions.tls`.
 
 from __future__ import annotations
 
+import os
 import re
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -17,6 +18,8 @@ _MACISH = re.compile(r"(?<![0-9A-Fa-f])(?:[0-9A-Fa-f]{2}[:\-.]?){5}[0-9A-Fa-f]{2
 
 
 MAX_HEAD = 16 * 1024  # request line + headers: a phone's are well under 2 KB
+# seconds from the connection (or a request's first byte) to the end of its head
+HEAD_TIMEOUT = float(os.environ.get("PROVISIONER_HEAD_TIMEOUT", "15"))
 
 
 class PhoneProtocol(HttpToolsProtocol):
@@ -27,9 +30,27 @@ class PhoneProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         self._head_bytes = 0
         self._in_body = False
+        self._head_timer = None
+        self._arm()  # a connection that never sends a request does not hold a slot for long
+
+    def _arm(self) -> None:
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(HEAD_TIMEOUT, self._head_timeout)
+
+    def _head_timeout(self) -> None:
+        self._head_timer = None
+        if not self._in_body and self.transport and not self.transport.is_closing():
+            self.transport.close()  # slowloris: the request head did not arrive in time
+
+    def connection_lost(self, exc) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         if not self._in_body:
+            self._arm()
             self._head_bytes += len(data)
             if self._head_bytes > MAX_HEAD:
                 self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
@@ -45,6 +66,9 @@ class PhoneProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_body = True
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:

@@ -18,7 +18,7 @@ from provisioner.operations import sync_inventory
 from provisioner.runtime import Runtime
 from provisioner.serve.digest import DigestAuth
 from provisioner.serve.https import create_app
-from provisioner.serve.mtls import PhoneProtocol
+from provisioner.serve.protocol import PhoneProtocol
 from provisioner.serve.pipeline import EventRecorder, Pipeline
 from provisioner.serve.tftp import TftpService
 from provisioner.serve.tls import ensure_tls

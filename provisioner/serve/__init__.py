@@ -106,12 +106,17 @@ class InventoryWatcher:
         self._thread.join(timeout=5)
 
 
-def run(rt: Runtime, https: str, tftp: str | None, echo=print) -> None:
+def run(rt: Runtime, https: str, tftp: str | None, echo=print, sip_pnp: list[str] | None = None) -> None:
+    """`sip_pnp`: None = off; else the interface addresses the SIP PnP responder listens on ([] = all)."""
     https_host, https_port = parse_hostport(https, "https")
     tftp_addr = parse_hostport(tftp, "tftp") if tftp else None
     _check_bind(socket.SOCK_STREAM, https_host, https_port, "https")
     if tftp_addr:
         _check_bind(socket.SOCK_DGRAM, *tftp_addr, "tftp")
+    pnp = None
+    if sip_pnp is not None:
+        from provisioner.discovery.sip_pnp import start_for_serve
+        pnp = start_for_serve(rt, sip_pnp, echo)
     inv = rt.inventory
     result = sync_inventory(rt, actor="serve")
     tls = ensure_tls(rt.home, server_names(rt, https_host))
@@ -127,7 +132,8 @@ def run(rt: Runtime, https: str, tftp: str | None, echo=print) -> None:
         tftp_service.start()
     config = uvicorn.Config(create_app(pipeline), host=https_host, port=https_port,
                             ssl_certfile=str(tls.cert), ssl_keyfile=str(tls.key), log_level="warning",
-                            access_log=False, server_header=False, date_header=True,
+                            access_log=False, server_header=False, date_header=True, proxy_headers=False,
+                            lifespan="off",
                             timeout_keep_alive=15, limit_concurrency=4096, h11_max_incomplete_event_size=16384,
                             http=PhoneProtocol,
                             ssl_ca_certs=client_ca, ssl_cert_reqs=ssl.CERT_OPTIONAL if client_ca else ssl.CERT_NONE)
@@ -139,6 +145,8 @@ def run(rt: Runtime, https: str, tftp: str | None, echo=print) -> None:
     try:
         server.run()
     finally:
+        if pnp:
+            pnp.stop()
         watcher.stop()
         if tftp_service:
             tftp_service.stop()

@@ -36,6 +36,7 @@ CA_NAME = "ca.pem"
 UNAUTHORIZED_BODY = b"authentication required\n"
 DUMMY = Secret("x" * 24)
 SEEN_REFRESH = 60.0  # seconds
+STATE_TTL = 1.0  # seconds a device row is reused from memory
 MAX_UPLOAD = 256 * 1024
 
 
@@ -161,6 +162,7 @@ class Pipeline:
         self.digest = digest or DigestAuth()
         self._cache = LruCache(CACHE_ENTRIES)
         self._served: dict[str, tuple[str, str, float]] = {}
+        self._states: dict[str, tuple] = {}
 
     # ---- entry points ----------------------------------------------------------------------------
 
@@ -202,6 +204,7 @@ class Pipeline:
             n = self.rt.store.update_device(c, dev.mac, state="locked", lock_reason=why[:255])
             if n:
                 self.rt.store.append_audit(c, "guard", "device.locked", dev.mac, why, {"source_ip": ip})
+        self._forget(dev.mac)
         metrics.inc("provisioner_locks_total")
         self.alerts.notify("device.locked", dev.mac, why, source_ip=ip)
 
@@ -238,6 +241,25 @@ class Pipeline:
 
     # ---- state, cached where it is immutable --------------------------------------------------------
 
+    def _state(self, mac: str):
+        """The device's row, cached for STATE_TTL: a boot storm reads each row once a second at most.
+
+        Changes made by this process are seen at once (`_forget`); changes made elsewhere (a CLI
+        revoke, another replica) within STATE_TTL.
+        """
+        now = time.monotonic()
+        hit = self._states.get(mac)
+        if hit is not None and now - hit[1] < STATE_TTL:
+            return hit[0]
+        st = self.rt.store.device(mac)
+        if len(self._states) > CACHE_ENTRIES:
+            self._states.clear()
+        self._states[mac] = (st, now)
+        return st
+
+    def _forget(self, mac: str) -> None:
+        self._states.pop(mac, None)
+
     def _credentials(self, mac: str, status: str, version: str | None) -> dict[str, Secret]:
         """Decrypted credentials of a generation. The config hash (`version`) fingerprints the secrets
         (every secret is in the config), so (mac, status, hash) names one immutable set."""
@@ -258,6 +280,7 @@ class Pipeline:
             return
         self.rt.store.mark_served(st.mac, digest, req.ip, req.user_agent, now)
         self._served[st.mac] = (digest, req.ip, time.monotonic())
+        self._forget(st.mac)
 
     # ---- render ----------------------------------------------------------------------------------
 
@@ -284,7 +307,7 @@ class Pipeline:
         """A Reply refusing the request, or (how, state, active credentials, pending credentials, now)."""
         store = self.rt.store
         cred = parse_authorization(req.authorization)
-        st = store.device(m.mac)  # looked up for unknown MACs too: the same work whatever the answer
+        st = self._state(m.mac)  # looked up for unknown MACs too: the same work whatever the answer
         if dev is None or st is None:
             if cred:  # same work as for a real device, so timing does not tell
                 self.digest.verify(cred, req.method, req.path, DUMMY.reveal())
@@ -337,7 +360,9 @@ class Pipeline:
                 return unauthorized(f"enrolment refused: {req.ip} is outside site {dev.site}'s networks", mac)
             if ua_problem:
                 return unauthorized(f"enrolment refused: {ua_problem}", mac)
-            if not store.claim_enrolment(mac, req.ip, now):
+            claimed = store.claim_enrolment(mac, req.ip, now)
+            self._forget(mac)
+            if not claimed:
                 return unauthorized("enrolment already used by another request", mac)
             store.audit("device", "device.enrolled", mac, f"first fetch from {req.ip} in the enrolment window",
                         {"file": req.filename, "user_agent": (req.user_agent or "")[:200]})
@@ -377,6 +402,7 @@ class Pipeline:
         if m.spec.trigger:
             self._mark_served(st, digest, req, now)
             if st.pending_hash == digest and store.promote_pending(mac, digest, now):
+                self._forget(mac)
                 log.info("device %s fetched the config of its new credential generation", mac)
         return Reply(200, body, reason=f"served by {how}", mac=mac, digest=digest)
 

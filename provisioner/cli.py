@@ -106,15 +106,21 @@ def check(rt: Runtime):
 @click.option("--https", "https", default="127.0.0.1:8443", show_default=True, metavar="HOST:PORT")
 @click.option("--tftp", "tftp", default="127.0.0.1:6969", show_default=True, metavar="HOST:PORT",
               help="'' to disable TFTP.")
-@click.option("--api", "api", default=None, metavar="HOST:PORT", help="Helpdesk API (not in this release).")
+@click.option("--api", "api", default=None, metavar="HOST:PORT",
+              help="Helpdesk REST API and web page (HTTPS) on their own port.")
+@click.option("--sip-pnp", "sip_pnp", is_flag=True,
+              help="Answer SIP PnP SUBSCRIBEs (224.0.1.75:5060) of adopted phones with their provisioning URL.")
+@click.option("--sip-pnp-interface", "sip_pnp_ifaces", multiple=True, metavar="IP",
+              help="Address of this machine to listen on for SIP PnP (repeat; default: all).")
 @click.pass_obj
-def serve(rt: Runtime, https: str, tftp: str, api: str | None):
+def serve(rt: Runtime, https: str, tftp: str, api: str | None, sip_pnp: bool, sip_pnp_ifaces: tuple[str, ...]):
     """Serve configs to phones over HTTPS (digest auth, enrolment window) and TFTP (secret-free bootstrap)."""
     from provisioner import serve as serving
-    if api:
-        raise InputError("--api: the helpdesk API is not part of this release yet")
+    if sip_pnp_ifaces and not sip_pnp:
+        raise InputError("--sip-pnp-interface goes with --sip-pnp")
     rt.setup_logging(getattr(rt, "verbose", False))
-    serving.run(rt, https, tftp or None, echo=lambda s: out.print(s, markup=False, highlight=False))
+    serving.run(rt, https, tftp or None, echo=lambda s: out.print(s, markup=False, highlight=False),
+                sip_pnp=list(sip_pnp_ifaces) if sip_pnp else None, api=api or None)
 
 
 @cli.command()
@@ -161,38 +167,69 @@ def _parse_line(text: str) -> dict:
 
 
 @cli.command()
-@click.argument("mac")
-@click.option("--vendor", required=True)
-@click.option("--model", required=True)
+@click.argument("mac", required=False)
+@click.option("--vendor", default=None, help="Vendor profile; may be left out when discovery identified the device.")
+@click.option("--model", default=None, help="Model of that profile; may be left out when discovery identified it.")
 @click.option("--site", required=True)
-@click.option("--line", "lines", multiple=True, required=True, metavar="EXT[:DISPLAY NAME]",
-              help="A SIP line (repeat for several).")
+@click.option("--line", "lines", multiple=True, metavar="EXT[:DISPLAY NAME]",
+              help="A SIP line (repeat for several); required when adopting one MAC.")
 @click.option("--name", default=None, help="A label for the device (e.g. 'reception').")
+@click.option("--all-discovered", is_flag=True,
+              help="Adopt every phone discovery identified on the site's networks (asks first).")
+@click.option("--first-extension", type=click.IntRange(1, 99_999_999), default=None, metavar="N",
+              help="With --all-discovered: extensions from N on (default: after the site's highest).")
+@click.option("--yes", "-y", "assume_yes", is_flag=True, help="With --all-discovered: do not ask (scripts).")
 @click.pass_obj
-def adopt(rt: Runtime, mac: str, vendor: str, model: str, site: str, lines: tuple[str, ...], name: str | None):
+def adopt(rt: Runtime, mac: str | None, vendor: str | None, model: str | None, site: str, lines: tuple[str, ...],
+          name: str | None, all_discovered: bool, first_extension: int | None, assume_yes: bool):
     """Add a device to inventory.yaml (comments kept), generate its credentials, open its enrolment window."""
+    from provisioner.commands import discovery as found
+    if all_discovered:
+        if mac or lines or vendor or model or name:
+            raise InputError("--all-discovered takes no MAC, --vendor, --model, --line or --name")
+        found.adopt_all_discovered(rt, site, first_extension, assume_yes, adopt_one)
+        return
+    if first_extension is not None or assume_yes:
+        raise InputError("--first-extension and --yes go with --all-discovered")
+    if not mac:
+        raise InputError("give the MAC of the device to adopt (or --all-discovered)")
+    if not lines:
+        raise InputError("--line is required (repeat it for several lines)")
     try:
         mac = normalize_mac(mac)
     except ValueError as e:
         raise InputError(str(e)) from None
     if mac in rt.inventory.resolved:
         raise InputError(f"{mac} is already adopted (devices[{rt.inventory.device_index[mac]}] in {rt.inventory_path})")
+    why = "adopt command"
+    if vendor is None or model is None:  # discovery saw it: take what it identified
+        vendor, model, seen = found.identified(rt, mac, vendor, model)
+        out.print(f"{mac}: {seen}", markup=False, highlight=False)
+        why = "adopt command (vendor/model from discovery)"
+    adopt_one(rt, mac, vendor, model, site, [_parse_line(x) for x in lines], name, why=why)
+
+
+def adopt_one(rt: Runtime, mac: str, vendor: str, model: str, site: str, lines: list[dict], name: str | None,
+              why: str = "adopt command", next_steps: bool = True):
+    """Write one device into inventory.yaml, sync it to the store, open its window; (device, state)."""
     entry = {"mac": ":".join(mac[i:i + 2] for i in range(0, 12, 2)), "vendor": vendor, "model": model, "site": site}
     if name:
         entry["name"] = name
-    entry["lines"] = [_parse_line(x) for x in lines]
+    entry["lines"] = lines
     rt._inventory = add_device(rt.inventory_path, rt.catalog, entry)
     ops.sync_inventory(rt, actor())
     st = rt.store.device(mac)
     if st.state != "enrolling":  # known to the store from before: give it a fresh window
         ops.reopen_enrolment(rt, mac, actor(), "adopted again")
         st = rt.store.device(mac)
-    rt.store.audit(actor(), "device.adopted", mac, "adopt command", {"vendor": vendor, "model": model, "site": site})
+    rt.store.audit(actor(), "device.adopted", mac, why, {"vendor": vendor, "model": model, "site": site})
     dev = rt.inventory.device(mac)
     prof = rt.catalog.get(vendor)
     fname = prof.trigger.filename_for(mac=mac)
     out.print(f"adopted {mac} ({prof.display_name} {model}) in site {site}; credentials generated.",
               markup=False, highlight=False)
+    if not next_steps:
+        return dev, st
     out.print("Next, on site:", markup=False)
     out.print(f"  1. Plug the phone into a network of site {site} "
               f"({', '.join(str(n) for n in dev.settings.networks)}) and power it on (or reboot it).",
@@ -201,6 +238,7 @@ def adopt(rt: Runtime, mac: str, vendor: str, model: str, site: str, lines: tupl
               markup=False, highlight=False)
     out.print(f"  3. Its first fetch before {st.enrol_expires_at:%Y-%m-%d %H:%M} UTC enrols it; "
               f"check with: provisioner devices", markup=False, highlight=False)
+    return dev, st
 
 
 @cli.command()

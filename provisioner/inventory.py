@@ -255,6 +255,7 @@ class Inventory:
     device_index: dict[str, int]  # MAC -> position in the devices list (for error lines)
     site_settings: dict[str, ResolvedSettings]
     security: Security = field(default_factory=lambda: Security())
+    discovery: Any = None  # provisioner.discovery.config.DiscoveryConfig when the section is present
 
     def is_site_address(self, ip: str) -> bool:
         return self.site_for_ip(ip) is not None
@@ -280,7 +281,7 @@ class Inventory:
         return self.site_settings[site] if site else resolve_settings(self.defaults)
 
 
-TOP_KEYS = {"defaults", "sites", "devices", "security"}
+TOP_KEYS = {"defaults", "sites", "devices", "security", "discovery"}
 
 
 def load_inventory(path: Path, catalog: Catalog) -> Inventory:
@@ -300,6 +301,14 @@ def load_inventory(path: Path, catalog: Catalog) -> Inventory:
             defaults = Defaults.model_validate(plain(data["defaults"]))
         except ValidationError as e:
             problems.extend(src.problems_from(e, ("defaults",)))
+
+    discovery = None
+    if data.get("discovery") is not None:  # optional; its model lives with discovery (no secrets in it)
+        from provisioner.discovery.config import DiscoveryConfig
+        try:
+            discovery = DiscoveryConfig.model_validate(plain(data["discovery"]))
+        except ValidationError as e:
+            problems.extend(src.problems_from(e, ("discovery",)))
 
     security = Security()
     if data.get("security") is not None:
@@ -324,6 +333,9 @@ def load_inventory(path: Path, catalog: Catalog) -> Inventory:
             problems.extend(src.problems_from(e, ("sites", name)))
     if not raw_sites:
         problems.append(src.problem(("sites",), "at least one site is needed"))
+    for i, name in enumerate(discovery.sip_pnp.auto_enrol_sites if discovery is not None else ()):
+        if name not in raw_sites:
+            problems.append(src.problem(("discovery", "sip_pnp", "auto_enrol_sites", i), f"unknown site {name!r}"))
 
     devices: dict[str, Device] = {}
     index: dict[str, int] = {}
@@ -386,7 +398,7 @@ def load_inventory(path: Path, catalog: Catalog) -> Inventory:
         resolved[mac] = r
     if problems:
         raise ProblemsError(problems)
-    return Inventory(path, src, defaults, sites, devices, resolved, index, site_settings, security)
+    return Inventory(path, src, defaults, sites, devices, resolved, index, site_settings, security, discovery)
 
 
 def vendor_of(catalog: Catalog, dev: ResolvedDevice) -> VendorProfile:

@@ -37,9 +37,20 @@ def need_root() -> str | None:
     """Why namespaces cannot be used here, or None."""
     if os.geteuid() != 0:
         return "network namespaces (ip netns) need root"
-    if shutil.which("ip") is None:
-        return "iproute2 (ip) is missing"
+    for tool in ("ip", "ss", "unshare"):
+        if shutil.which(tool) is None:
+            return f"{tool} is missing (iproute2 / util-linux)"
     return None
+
+
+def require_namespaces() -> None:
+    """Skip locally without root or iproute2; in CI (which runs as root) that is a failure."""
+    import pytest
+    why = need_root()
+    if why:
+        if os.environ.get("CI") == "true":
+            pytest.fail(why)
+        pytest.skip(why)
 
 
 def _ip(*args: str, check: bool = True, timeout: float = 10) -> subprocess.CompletedProcess:
@@ -90,6 +101,7 @@ class Site:
     """A bridge plus hosts on <net>.0/24; use as a context manager (or call close())."""
 
     net: str = "10.99.7"  # the first three octets
+    tmp: Path | None = None  # where configs and logs go (pytest's tmp_path, so the leak scan sees them)
     hosts: dict[str, Host] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -98,7 +110,9 @@ class Site:
         self.sw = f"{self.tag}-sw"
         self.namespaces: list[str] = []
         self.procs: list[tuple[str, subprocess.Popen]] = []
-        self.tmp = Path(tempfile.mkdtemp(prefix=f"{self.tag}-"))
+        if self.tmp is None:
+            self.tmp = Path(tempfile.mkdtemp(prefix=f"{self.tag}-"))
+        self.tmp.mkdir(parents=True, exist_ok=True)
         self._logs: list = []
         try:
             self._add_ns(self.sw)
@@ -118,8 +132,9 @@ class Site:
         self.namespaces.append(ns)
         _ip("-n", ns, "link", "set", "lo", "up")
 
-    def add_host(self, name: str, last_octet: int, mac: str | None = None, extra_ips: tuple[str, ...] = ()) -> Host:
-        """A host namespace with eth0 (optionally with a given MAC) at <net>.<last_octet>/24."""
+    def add_host(self, name: str, last_octet: int, mac: str | None = None, extra_ips: tuple[str, ...] = (),
+                 ip: str | None = None, prefixlen: int = 24) -> Host:
+        """A host namespace with eth0 (optionally with a given MAC) at <net>.<last_octet>/24 (or ip/prefixlen)."""
         if name in self.hosts:
             raise ValueError(f"host {name} exists")
         ns = f"{self.tag}-{name}"
@@ -131,25 +146,15 @@ class Site:
         _ip(*cmd, "type", "veth", "peer", "name", port, "netns", self.sw)
         _ip("-n", self.sw, "link", "set", port, "master", "br0")
         _ip("-n", self.sw, "link", "set", port, "up")
-        ip = f"{self.net}.{last_octet}"
-        _ip("-n", ns, "addr", "add", f"{ip}/24", "dev", "eth0")
+        ip = ip or f"{self.net}.{last_octet}"
+        _ip("-n", ns, "addr", "add", f"{ip}/{prefixlen}", "dev", "eth0")
         for extra in extra_ips:
             _ip("-n", ns, "addr", "add", extra if "/" in extra else f"{extra}/24", "dev", "eth0")
         _ip("-n", ns, "link", "set", "eth0", "up")
         _ip("-n", ns, "route", "add", "224.0.0.0/4", "dev", "eth0")  # multicast stays on this LAN
-        h = Host(name, ns, ip, mac.lower() if mac else None)
+        h = Host(name, ns, ip, mac.lower() if mac else None, prefixlen)
         self.hosts[name] = h
         return h
-
-    def wait_link(self, timeout: float = 5.0) -> None:
-        """veth ports come up asynchronously; wait until every host reaches the bridge (bounded)."""
-        deadline = time.monotonic() + timeout
-        for h in self.hosts.values():
-            while time.monotonic() < deadline:
-                r = _ip("-n", h.ns, "-br", "link", "show", "eth0", check=False)
-                if "UP" in r.stdout.split()[1:2] or "LOWER_UP" in r.stdout:
-                    break
-                time.sleep(0.05)
 
     # ---- running things inside ----------------------------------------------------------------------
 
@@ -207,11 +212,12 @@ class Site:
     # ---- peers ----------------------------------------------------------------------------------------
 
     def snmpd(self, host: Host, sys_descr: str, sys_name: str, sys_object_id: str | None = None,
-              community: str = "public", v3: tuple[str, str, str] | None = None) -> subprocess.Popen:
-        """net-snmp snmpd on <host ip>:161, answering the site's /24 (test-peers.md §3)."""
+              community: str = "public", v3: tuple[str, str, str] | None = None,
+              allow: str | None = None) -> subprocess.Popen:
+        """net-snmp snmpd on <host ip>:161, answering `allow` (default the site's /24) (test-peers.md §3)."""
         d = self.tmp / f"snmpd-{host.name}"
         (d / "persist").mkdir(parents=True, exist_ok=True)
-        lines = [f"rocommunity {community} {self.net}.0/24",
+        lines = [f"rocommunity {community} {allow or self.net + '.0/24'}",
                  f"sysName {sys_name}", f"sysDescr {sys_descr}", "sysLocation test site",
                  "sysContact test@example.invalid", "sysServices 72"]
         if sys_object_id:
@@ -241,6 +247,27 @@ class Site:
                   f"exec avahi-daemon -f {conf} --no-drop-root --no-chroot --no-rlimits")
         return self.popen(host, ["unshare", "-m", "--propagation", "private", "sh", "-c", script],
                           f"avahi-{host.name}")
+
+    def pnp_phone(self, host: Host, uri_user: str, vendor: str, model: str, version: str, ua: str,
+                  label: str, scenario: Path, timeout: float = 12) -> subprocess.Popen:
+        """sipp playing a phone that multicasts one SIP PnP SUBSCRIBE from <host ip>:5060 and logs the
+        URL of the NOTIFY it gets ("PNP-URL <url>" in <label>-log.txt; messages in <label>-msg.txt)."""
+        return self.popen(host, [
+            "sipp", "-sf", str(scenario), "-i", host.ip, "-p", "5060", "-m", "1", "-nostdin",
+            "-timeout", f"{int(timeout)}s", "-timeout_error",
+            "-key", "uri_user", uri_user, "-key", "pnp_vendor", vendor, "-key", "pnp_model", model,
+            "-key", "pnp_version", version, "-key", "ua", ua,
+            "-trace_logs", "-log_file", str(self.tmp / f"{label}-log.txt"),
+            "-trace_msg", "-message_file", str(self.tmp / f"{label}-msg.txt"),
+            "224.0.1.75:5060"], label)
+
+    def pnp_result(self, label: str) -> tuple[str | None, str]:
+        """(the URL the phone logged, or None; every SIP message it saw or sent)."""
+        logf, msgf = self.tmp / f"{label}-log.txt", self.tmp / f"{label}-msg.txt"
+        log = logf.read_text(errors="replace") if logf.exists() else ""
+        msgs = msgf.read_text(errors="replace") if msgf.exists() else ""
+        m = re.search(r"PNP-URL (\S+)", log)
+        return (m.group(1) if m else None), msgs
 
     # ---- teardown ---------------------------------------------------------------------------------------
 

@@ -106,9 +106,16 @@ class InventoryWatcher:
         self._thread.join(timeout=5)
 
 
-def run(rt: Runtime, https: str, tftp: str | None, echo=print, sip_pnp: list[str] | None = None) -> None:
-    """`sip_pnp`: None = off; else the interface addresses the SIP PnP responder listens on ([] = all)."""
+def run(rt: Runtime, https: str, tftp: str | None, echo=print, sip_pnp: list[str] | None = None,
+        api: str | None = None) -> None:
+    """`sip_pnp`: None = off; else the interface addresses the SIP PnP responder listens on ([] = all).
+    `api`: HOST:PORT of the helpdesk API and web page (HTTPS, same certificate), or None."""
     https_host, https_port = parse_hostport(https, "https")
+    api_addr = parse_hostport(api, "api") if api else None
+    if api_addr:
+        if api_addr[1] == https_port:
+            raise InputError("--api: give the helpdesk API its own port")
+        _check_bind(socket.SOCK_STREAM, *api_addr, "api")
     tftp_addr = parse_hostport(tftp, "tftp") if tftp else None
     _check_bind(socket.SOCK_STREAM, https_host, https_port, "https")
     if tftp_addr:
@@ -119,7 +126,10 @@ def run(rt: Runtime, https: str, tftp: str | None, echo=print, sip_pnp: list[str
         pnp = start_for_serve(rt, sip_pnp, echo)
     inv = rt.inventory
     result = sync_inventory(rt, actor="serve")
-    tls = ensure_tls(rt.home, server_names(rt, https_host))
+    names = server_names(rt, https_host)
+    if api_addr and api_addr[0] not in ("0.0.0.0", "::"):
+        names.add(api_addr[0])
+    tls = ensure_tls(rt.home, names)
     recorder = EventRecorder(rt)
     sec = inv.security
     alerts = Alerts(sec.alert_command, sec.alert_webhook)
@@ -142,9 +152,18 @@ def run(rt: Runtime, https: str, tftp: str | None, echo=print, sip_pnp: list[str
     watcher.start()
     log.info("serving %d devices (%d new) from %s", len(inv.resolved), len(result.added), rt.inventory_path)
     echo(banner(rt, https_host, https_port, tftp_addr, tls.ca_cert))
+    api_service = None
     try:
+        if api_addr:
+            from provisioner.api import ApiService
+            api_service = ApiService(rt, api_addr[0], api_addr[1], str(tls.cert), str(tls.key))
+            api_service.start()
+            echo(f"Helpdesk API and web page on https://{api_addr[0]}:{api_addr[1]}/ (OpenAPI: /api/openapi.json; "
+                 "tokens: provisioner api tokens create --role viewer|helpdesk|admin)")
         server.run()
     finally:
+        if api_service:
+            api_service.stop()
         if pnp:
             pnp.stop()
         watcher.stop()

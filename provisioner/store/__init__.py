@@ -24,6 +24,7 @@ from provisioner.crypto import Keyring
 from provisioner.secret import Secret
 from provisioner.store.schema import audit_head, audit_log, credentials, devices, fetch_events
 from provisioner.store.uploads_schema import uploads
+from provisioner.store import observations as _observations  # noqa: F401  (discovery's table, migration 0002)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 

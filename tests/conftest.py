@@ -81,10 +81,16 @@ class Server:
     proc: subprocess.Popen
     https_port: int
     tftp_port: int
+    api_port: int | None = None  # start_server(..., api=True): the helpdesk API (HTTPS, same CA)
 
     @property
     def base(self) -> str:
         return f"https://127.0.0.1:{self.https_port}/p/"
+
+    @property
+    def api_base(self) -> str:
+        assert self.api_port, "start_server(..., api=True) starts the helpdesk API"
+        return f"https://127.0.0.1:{self.api_port}"
 
     @property
     def ca(self) -> Path:
@@ -125,22 +131,27 @@ class Server:
                 self.proc.wait()
 
 
-def start_server(home: Home, extra: tuple[str, ...] = (), env: dict | None = None) -> Server:
+def start_server(home: Home, extra: tuple[str, ...] = (), env: dict | None = None, api: bool = False) -> Server:
     https_port, tftp_port = free_port(), free_port(socket.SOCK_DGRAM)
+    api_port = free_port() if api else None
+    if api_port:
+        extra = (*extra, "--api", f"127.0.0.1:{api_port}")
     log = open(home.capture / f"serve-{https_port}.log", "w")
     proc = subprocess.Popen(
         [*PROVISIONER, "--home", str(home.path), "--inventory", str(home.inventory), "serve",
          "--https", f"127.0.0.1:{https_port}", "--tftp", f"127.0.0.1:{tftp_port}", *extra],
         stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, **(env or {})})
-    srv = Server(home, proc, https_port, tftp_port)
+    srv = Server(home, proc, https_port, tftp_port, api_port)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise AssertionError(f"serve exited {proc.returncode}:\n"
                                  + (home.capture / f"serve-{https_port}.log").read_text())
         try:
-            with socket.create_connection(("127.0.0.1", https_port), timeout=0.2):
-                break
+            for port in (https_port, api_port) if api_port else (https_port,):
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    pass
+            break
         except OSError:
             time.sleep(0.1)
     else:

@@ -191,7 +191,22 @@ class ResolvedSettings:
         return any(addr in n for n in self.networks)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
+class LineSpec:
+    """A validated line, without the pydantic model's weight (100,000 devices stay in memory)."""
+
+    extension: str
+    display_name: str
+    auth_user: str | None
+    number: str | None
+    label: str | None
+
+    @classmethod
+    def of(cls, ln: Line) -> "LineSpec":
+        return cls(ln.extension, ln.display_name, ln.auth_user, ln.number, ln.label)
+
+
+@dataclass(frozen=True, slots=True)
 class ResolvedDevice:
     """A device with every inherited setting filled in: what render and serve work from."""
 
@@ -200,7 +215,7 @@ class ResolvedDevice:
     model: str
     site: str
     name: str | None
-    lines: tuple[Line, ...]
+    lines: tuple[LineSpec, ...]
     settings: ResolvedSettings
 
 
@@ -240,7 +255,7 @@ def resolve_settings(*levels: Settings, networks: list[str] = ()) -> ResolvedSet
 
 def resolve(defaults: Defaults, site: Site, device: Device) -> ResolvedDevice:
     return ResolvedDevice(mac=device.mac, vendor=device.vendor, model=device.model, site=device.site,
-                          name=device.name, lines=tuple(device.lines),
+                          name=device.name, lines=tuple(LineSpec.of(ln) for ln in device.lines),
                           settings=resolve_settings(defaults, site, device, networks=site.networks))
 
 
@@ -250,7 +265,6 @@ class Inventory:
     source: Source
     defaults: Defaults
     sites: dict[str, Site]
-    devices: dict[str, Device]  # by canonical MAC
     resolved: dict[str, ResolvedDevice]
     device_index: dict[str, int]  # MAC -> position in the devices list (for error lines)
     site_settings: dict[str, ResolvedSettings]
@@ -284,8 +298,29 @@ class Inventory:
 TOP_KEYS = {"defaults", "sites", "devices", "security", "discovery"}
 
 
+BIG_INVENTORY = 4 * 2**20  # bytes; larger files are parsed in a child process
+
+
 def load_inventory(path: Path, catalog: Catalog) -> Inventory:
-    """Load and validate; raises ProblemsError listing every problem found."""
+    """Load and validate; raises ProblemsError listing every problem found.
+
+    A large inventory (100,000 devices) is parsed in a separate process: parsing peaks at several times
+    the size of the result and would leave this process's heap fragmented for good, so only the compact
+    result (resolved devices sharing their site's settings) comes back.
+    """
+    try:
+        big = path.stat().st_size > BIG_INVENTORY
+    except OSError:
+        big = False
+    if big:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            return pool.submit(_load_inventory, path, catalog).result()
+    return _load_inventory(path, catalog)
+
+
+def _load_inventory(path: Path, catalog: Catalog) -> Inventory:
     src = Source.load(path)
     data = src.data if src.data is not None else {}
     problems: list[Problem] = []
@@ -391,14 +426,16 @@ def load_inventory(path: Path, catalog: Catalog) -> Inventory:
             r = resolve(defaults, sites[dev.site], dev)
         else:  # most devices inherit everything: share their site's settings (fast with 100,000 devices)
             r = ResolvedDevice(mac=dev.mac, vendor=dev.vendor, model=dev.model, site=dev.site, name=dev.name,
-                               lines=tuple(dev.lines), settings=site_settings[dev.site])
+                               lines=tuple(LineSpec.of(ln) for ln in dev.lines), settings=site_settings[dev.site])
         if r.settings.registrar.host == "sip.invalid":
             problems.append(src.problem(("devices", index[mac], "registrar"),
                                         "no registrar host set (in defaults, the site or the device)"))
         resolved[mac] = r
     if problems:
         raise ProblemsError(problems)
-    return Inventory(path, src, defaults, sites, devices, resolved, index, site_settings, security, discovery)
+    del devices  # the resolved devices are all that is kept: the pydantic models weigh ten times more
+    src.data = None  # problems found later are located by re-parsing the text (Source.positioned)
+    return Inventory(path, src, defaults, sites, resolved, index, site_settings, security, discovery)
 
 
 def vendor_of(catalog: Catalog, dev: ResolvedDevice) -> VendorProfile:

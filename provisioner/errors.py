@@ -27,3 +27,9 @@ class NotConfirmed(ProvisionerError):
     """The device did not confirm in time (exit code 4 in the contract)."""
 
     exit_code = 4
+
+
+class OtpRefused(ProvisionerError):
+    """The one-time code was wrong, reused or no second factor is enrolled (exit code 5)."""
+
+    exit_code = 5

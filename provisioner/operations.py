@@ -231,3 +231,116 @@ def reopen_enrolment(rt: Runtime, mac: str, actor: str, why: str) -> None:
         rt.store.update_device(c, dev.mac, state="enrolling", enrol_opened_at=now, lock_reason=None,
                                enrol_expires_at=now + dt.timedelta(hours=dev.settings.policy.enrolment_hours))
         rt.store.append_audit(c, actor, "enrolment.opened", dev.mac, why, {}, now)
+
+
+# ---- lifecycle: unlock, reset, revoke, decommission ---------------------------------------------
+
+@dataclass
+class LifecycleResult:
+    mac: str
+    state: str
+    previous_state: str
+    generation: int | None = None
+    method: str | None = None
+    manual: bool = False
+    instructions: str | None = None
+    message: str = ""
+
+
+def _rotate_now(rt: Runtime, dev: ResolvedDevice, c, now: dt.datetime) -> int:
+    """A new active generation at once; every older secret stops working (no grace period)."""
+    store = rt.store
+    creds = generate_credentials(rt, dev)
+    store.set_credential_status(c, dev.mac, "pending", "discarded", now)
+    store.set_credential_status(c, dev.mac, "active", "retired", now)
+    gen = store.next_generation(c, dev.mac)
+    store.add_credentials(c, dev.mac, gen, "active", creds, now)
+    store.update_device(c, dev.mac, generation=gen, desired_hash=desired_hash(rt, dev, creds), pending_hash=None,
+                        inputs_hash=inputs_fingerprint(rt, dev, gen))
+    return gen
+
+
+def _reopen(rt: Runtime, dev: ResolvedDevice, c, state: str, now: dt.datetime) -> None:
+    rt.store.update_device(c, dev.mac, state=state, enrol_opened_at=now, lock_reason=None, enrolled_at=None,
+                           enrol_expires_at=now + dt.timedelta(hours=dev.settings.policy.enrolment_hours))
+
+
+def unlock(rt: Runtime, mac: str, actor: str, why: str = "unlocked by the helpdesk") -> LifecycleResult:
+    """A locked device gets configs again (with the credentials it holds)."""
+    dev = resolve_mac(rt, mac)
+    sync_inventory(rt, actor)
+    st = rt.store.device(dev.mac)
+    if st.state != "locked":
+        raise InputError(f"device {dev.mac} is {st.state}, not locked")
+    new_state = "provisioned" if st.enrolled_at else "enrolling"
+    with rt.store.write() as c:
+        rt.store.update_device(c, dev.mac, state=new_state, lock_reason=None)
+        rt.store.append_audit(c, actor, "device.unlocked", dev.mac, why, {"lock_reason": st.lock_reason})
+    return LifecycleResult(dev.mac, new_state, "locked", st.generation, message=f"unlocked ({st.lock_reason})")
+
+
+def reset(rt: Runtime, mac: str, actor: str, why: str = "factory reset requested") -> LifecycleResult:
+    """Factory-reset workflow: rotate every secret now, reopen the enrolment window, state reset-pending
+    until the device comes back and enrols. The vendor's remote reset where its profile has one,
+    otherwise the profile's instructions for a reset by hand."""
+    dev = resolve_mac(rt, mac)
+    sync_inventory(rt, actor)
+    vendor = vendor_of(rt.catalog, dev)
+    st = rt.store.device(dev.mac)
+    if st.state == "decommissioned":
+        raise InputError(f"device {dev.mac} is decommissioned; adopt it again first")
+    now = utcnow()
+    with rt.store.write() as c:
+        gen = _rotate_now(rt, dev, c, now)
+        _reopen(rt, dev, c, "reset-pending", now)
+        rt.store.append_audit(c, actor, "device.reset", dev.mac, why, {"generation": gen, "previous_state": st.state})
+    remote = vendor.sip_notify.reset
+    instructions = None if remote else (vendor.reset_instructions or "reset the device to factory settings by hand")
+    return LifecycleResult(dev.mac, "reset-pending", st.state, gen, method="sip-notify" if remote else "manual",
+                           manual=not remote, instructions=instructions,
+                           message=f"credentials rotated; the device enrols again at its first fetch from site "
+                                   f"{dev.site} within {dev.settings.policy.enrolment_hours:g} h")
+
+
+def revoke(rt: Runtime, mac: str, actor: str, why: str = "credentials revoked") -> LifecycleResult:
+    """Compromised credentials: new ones at once and the old ones refused at once. The device must
+    enrol again (its window is reopened) to receive the new ones."""
+    dev = resolve_mac(rt, mac)
+    sync_inventory(rt, actor)
+    st = rt.store.device(dev.mac)
+    if st.state == "decommissioned":
+        raise InputError(f"device {dev.mac} is decommissioned")
+    now = utcnow()
+    with rt.store.write() as c:
+        gen = _rotate_now(rt, dev, c, now)
+        _reopen(rt, dev, c, "enrolling", now)
+        rt.store.append_audit(c, actor, "credentials.revoked", dev.mac, why, {"generation": gen})
+    from provisioner.registrar import line_secrets, registrar_for
+    registrar_for(rt, dev).set(dev, line_secrets(rt.store.credentials(dev.mac)))
+    return LifecycleResult(dev.mac, "enrolling", st.state, gen,
+                           message="old credentials refused from now on; the device enrols again at its next "
+                                   "fetch from its site (reboot it)")
+
+
+def decommission(rt: Runtime, mac: str, actor: str, why: str = "decommissioned") -> LifecycleResult:
+    """Revoke everything and refuse the device from now on (it stays in the store for the record)."""
+    try:
+        m = normalize_mac(mac)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    st = rt.store.device(m)
+    if st is None:
+        raise UnknownDevice(f"no device {m} in the store")
+    now = utcnow()
+    with rt.store.write() as c:
+        for status in ("active", "pending"):
+            rt.store.set_credential_status(c, m, status, "retired", now)
+        rt.store.update_device(c, m, state="decommissioned", pending_hash=None, enrol_expires_at=None)
+        rt.store.append_audit(c, actor, "device.decommissioned", m, why, {"previous_state": st.state})
+    dev = rt.inventory.device(m)
+    if dev is not None:
+        from provisioner.registrar import registrar_for
+        registrar_for(rt, dev).remove(dev)
+    hint = f" Remove it from {rt.inventory_path} too." if dev is not None else ""
+    return LifecycleResult(m, "decommissioned", st.state, message="every credential retired; the server refuses "
+                                                                  "the device." + hint)

@@ -351,7 +351,7 @@ class Pipeline:
         if how is None:
             if not allow_enrolment:  # the first, anonymous PUT of the digest dance
                 return unauthorized("uploads need the device's own credentials", mac, failure=False)
-            if st.state != "enrolling":
+            if st.state not in ("enrolling", "reset-pending"):
                 # a phone's first, anonymous request of the digest dance: not a failure
                 return unauthorized("no credentials and the enrolment window is closed", mac, failure=False)
             if st.enrol_expires_at is None or now > st.enrol_expires_at:

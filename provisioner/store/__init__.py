@@ -176,7 +176,7 @@ class Store:
         """Close the enrolment window for this device; True for exactly one caller, across replicas."""
         with self.write() as c:
             n = c.execute(devices.update().where(
-                devices.c.mac == mac, devices.c.state == "enrolling",
+                devices.c.mac == mac, devices.c.state.in_(("enrolling", "reset-pending")),
                 devices.c.enrol_expires_at > now,
             ).values(state="provisioned", enrolled_at=now, enrolled_from=ip, updated_at=now)).rowcount
         return n == 1

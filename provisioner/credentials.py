@@ -17,7 +17,8 @@ DEFAULT_ALPHABET = string.ascii_letters + string.digits + SAFE_PUNCT
 class PasswordRule(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    length: int = Field(default=20, ge=8, le=128)
+    # below 8 only for a PIN (digits-only alphabet): Gigaset DECT bases take a 4-digit system PIN as web login
+    length: int = Field(default=20, ge=4, le=128)
     alphabet: str = DEFAULT_ALPHABET
     # character classes that must each appear at least once (some firmwares insist)
     require: list[str] = Field(default_factory=lambda: ["lower", "upper", "digit"])
@@ -26,6 +27,8 @@ class PasswordRule(BaseModel):
     def _check(self):
         if len(set(self.alphabet)) < 10:
             raise ValueError("alphabet needs at least 10 distinct characters")
+        if self.length < 8 and not set(self.alphabet) <= set(string.digits):
+            raise ValueError("a length below 8 is only for a PIN: alphabet must be digits only")
         for cls in self.require:
             if cls not in CLASSES:
                 raise ValueError(f"unknown character class {cls!r} (one of {', '.join(CLASSES)})")

@@ -7,6 +7,9 @@ time, policy); vendor specifics (parameter names, enum values) stay in the templ
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import os
+import re
 import zoneinfo
 from dataclasses import dataclass
 from typing import Mapping
@@ -31,6 +34,75 @@ def utc_offset(tz: str) -> tuple[str, int]:
     return text, minutes
 
 
+_POSIX_TZ = re.compile(
+    r"(?P<std><[^>]+>|[A-Za-z]{3,})(?P<off>[+-]?\d{1,2}(?::\d{2}){0,2})"
+    r"(?:(?P<dst><[^>]+>|[A-Za-z]{3,})(?P<doff>[+-]?\d{1,2}(?::\d{2}){0,2})?"
+    r",M(?P<sm>\d{1,2})\.(?P<sw>[1-5])\.(?P<sd>[0-6])(?:/(?P<st>[+-]?\d{1,3}(?::\d{2}){0,2}))?"
+    r",M(?P<em>\d{1,2})\.(?P<ew>[1-5])\.(?P<ed>[0-6])(?:/(?P<et>[+-]?\d{1,3}(?::\d{2}){0,2}))?)?\Z")
+
+
+def _posix_minutes(text: str) -> int:
+    sign = -1 if text.startswith("-") else 1
+    parts = [int(p) for p in text.lstrip("+-").split(":")] + [0, 0]
+    return sign * (parts[0] * 60 + parts[1])
+
+
+def tz_facts(tz: str) -> dict:
+    """A fresh copy of _tz_facts(tz): templates get their own dicts."""
+    facts = _tz_facts(tz)
+    dst = facts["dst"]
+    return {**facts, "dst": dst and {"start": dict(dst["start"]), "end": dict(dst["end"]),
+                                     "save_minutes": dst["save_minutes"]}}
+
+
+@functools.lru_cache(maxsize=512)
+def _tz_facts(tz: str) -> dict:
+    """What phones without an Olson database want to know about a zone, from the POSIX TZ rule at the end
+    of its TZif file: standard offset, DST rule (month, week 1-5 with 5 = last, weekday 0 = Sunday, local
+    hour:minute, saving), ISO country (zone.tab). Values are None where the system's tzdata does not say."""
+    posix = country = None
+    for base in zoneinfo.TZPATH:
+        try:
+            with open(os.path.join(base, tz), "rb") as f:
+                data = f.read()
+        except (OSError, ValueError):
+            continue
+        if data.startswith(b"TZif") and data[4:5] in (b"2", b"3", b"4"):
+            posix = data.rstrip(b"\n").rsplit(b"\n", 1)[-1].decode("ascii", "replace") or None
+        try:
+            with open(os.path.join(base, "zone.tab"), encoding="utf-8") as f:
+                for row in f:
+                    cols = row.split("\t")
+                    if len(cols) >= 3 and not row.startswith("#") and cols[2].strip() == tz:
+                        country = cols[0]
+                        break
+        except OSError:
+            pass
+        break
+    m = _POSIX_TZ.match(posix or "")
+    if m:
+        std = -_posix_minutes(m["off"])  # POSIX offsets count west of Greenwich
+    else:
+        std = utc_offset(tz)[1]
+    dst = None
+    if m and m["dst"]:
+        dst_off = -_posix_minutes(m["doff"]) if m["doff"] else std + 60
+
+        def rule(mon, week, day, at):
+            minutes = _posix_minutes(at) if at else 120
+            return {"month": int(mon), "week": int(week), "weekday": int(day),
+                    "hour": minutes // 60, "minute": minutes % 60}
+
+        start, end = rule(m["sm"], m["sw"], m["sd"], m["st"]), rule(m["em"], m["ew"], m["ed"], m["et"])
+        save = dst_off - std
+        if save < 0:  # negative DST (Europe/Dublin): describe it the way phones expect, winter as standard
+            std, save, start, end = dst_off, -save, end, start
+        dst = {"start": start, "end": end, "save_minutes": save}
+    sign = "-" if std < 0 else "+"
+    return {"posix_tz": posix if m else None, "country": country, "standard_offset_minutes": std,
+            "utc_offset_hhmm": f"{sign}{abs(std) // 60:02d}:{abs(std) % 60:02d}", "dst": dst}
+
+
 def settings_context(s: ResolvedSettings) -> dict:
     offset, minutes = utc_offset(s.timezone)
     ca_https = s.provisioning_url + "ca.pem"
@@ -43,7 +115,8 @@ def settings_context(s: ResolvedSettings) -> dict:
             "resync_interval": s.resync_interval,
             "resync_minutes": max(5, s.resync_interval // 60),
         },
-        "time": {"timezone": s.timezone, "ntp": list(s.ntp), "utc_offset": offset, "utc_offset_minutes": minutes},
+        "time": {"timezone": s.timezone, "ntp": list(s.ntp), "utc_offset": offset, "utc_offset_minutes": minutes,
+                 **tz_facts(s.timezone)},
         "registrar": {"host": s.registrar.host, "port": s.registrar.port, "domain": s.registrar.domain,
                       "transport": s.registrar.transport},
         "srtp": s.policy.srtp,
@@ -71,7 +144,7 @@ def device_context(dev: ResolvedDevice, vendor: VendorProfile, creds: Mapping[st
     ctx["device"] = {"mac": dev.mac, "mac_upper": dev.mac.upper(), "mac_colon": colon(dev.mac),
                      "vendor": vendor.name, "vendor_name": vendor.display_name, "model": dev.model,
                      "site": dev.site, "name": dev.name or dev.lines[0].display_name,
-                     "max_lines": model.lines}
+                     "max_lines": model.lines, "kind": model.kind, "family": model.family}
     ctx["lines"] = [{
         "index": i,
         "extension": ln.extension,

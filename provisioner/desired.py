@@ -27,7 +27,12 @@ def credential_names(dev: ResolvedDevice, vendor: VendorProfile) -> list[str]:
 
 def utc_offset(tz: str) -> tuple[str, int]:
     """Standard-time offset as phones want it: ("+1", 60) for Europe/Paris, ("+5.5", 330) for Asia/Kolkata."""
-    off = dt.datetime(2025, 1, 15, tzinfo=zoneinfo.ZoneInfo(tz)).utcoffset() or dt.timedelta()
+    zone = zoneinfo.ZoneInfo(tz)
+    offsets = []
+    for month in (1, 7):  # standard time is the half of the year without DST (July in the south)
+        t = dt.datetime(2025, month, 15, tzinfo=zone)
+        offsets.append((t.dst() or dt.timedelta(), t.utcoffset() or dt.timedelta()))
+    off = min(offsets)[1]
     minutes = int(off.total_seconds() // 60)
     hours = minutes / 60
     text = f"{hours:+g}"

@@ -137,3 +137,11 @@ def test_catalog_rejects_a_profile_without_a_trigger_file(tmp_path):
     with pytest.raises(ProblemsError) as e:
         load_catalog(tmp_path)
     assert "acme.yaml:1: -: exactly one file must be the trigger" in str(e.value)
+
+
+def test_standard_offset_in_both_hemispheres():
+    from provisioner.desired import utc_offset
+    assert utc_offset("Europe/Paris") == ("+1", 60)
+    assert utc_offset("Australia/Sydney") == ("+10", 600)  # not its January (summer) offset
+    assert utc_offset("Asia/Kolkata") == ("+5.5", 330)
+    assert utc_offset("America/New_York") == ("-5", -300)

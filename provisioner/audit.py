@@ -190,7 +190,8 @@ def check_local_overrides(rt: Runtime, dev: ResolvedDevice, st: DeviceState) -> 
 
 def check_store_orphans(rt: Runtime, states: list[DeviceState]) -> Iterable[Finding]:
     for st in states:
-        if st.mac not in rt.inventory.resolved and st.state != "decommissioned":
+        known = st.mac in rt.inventory.resolved or st.mac in rt.inventory.routers  # routers: rows too
+        if not known and st.state != "decommissioned":
             yield Finding("orphan", "high", st.mac, st.site, "device removed from inventory but not decommissioned",
                           f"state {st.state}; its credentials still work at the server",
                           f"provisioner decommission {st.mac}")

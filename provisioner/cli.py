@@ -242,19 +242,34 @@ def adopt_one(rt: Runtime, mac: str, vendor: str, model: str, site: str, lines: 
 
 
 @cli.command()
-@click.argument("mac")
+@click.argument("mac", required=False)
+@click.option("--site", default=None, help="Every device of this site (bulk).")
+@click.option("--all", "all_devices", is_flag=True, help="Every device of the inventory (bulk).")
 @click.option("--wait", "wait", type=float, default=None, metavar="S",
-              help="Wait up to S seconds for the device to fetch its new config (exit 4 if it does not).")
+              help="Wait up to S seconds (per device) for the device to fetch its new config (exit 4 if not).")
+@click.option("--concurrency", type=click.IntRange(1, 256), default=4, show_default=True,
+              help="Bulk: at most N devices rotating (and, with --wait, fetching) at once.")
+@click.option("--stagger", type=click.FloatRange(0, 3600), default=1.0, show_default=True, metavar="S",
+              help="Bulk: seconds between the starts of two devices (no boot storm).")
+@click.option("--why", default=None, help="Reason, for the audit log.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def reprovision(rt: Runtime, mac: str, wait: float | None, as_json: bool):
-    """Rotate every secret of a device (two-phase: the old ones work until the new config is fetched)."""
-    res = ops.reprovision(rt, mac, actor())
+def reprovision(rt: Runtime, mac: str | None, site: str | None, all_devices: bool, wait: float | None,
+                concurrency: int, stagger: float, why: str | None, as_json: bool):
+    """Rotate every secret of a device (two-phase: the old ones work until the new config is fetched), sync
+    the registrar, and tell the phone to fetch (SIP NOTIFY); or of a whole site / every device, staggered."""
+    if sum(x is not None and x is not False for x in (mac, site, all_devices)) != 1:
+        raise InputError("give exactly one of MAC, --site SITE or --all")
+    if mac is None:
+        return _reprovision_bulk(rt, ops.devices_for(rt, site, all_devices), wait, concurrency, stagger,
+                                 why or f"bulk reprovision ({'site ' + site if site else 'all devices'})", as_json)
+    res = ops.reprovision(rt, mac, actor(), why or "reprovision requested")
     if wait:
         res.confirmed = ops.wait_for_fetch(rt, res.mac, res.pending_hash, wait)
         res.state = rt.store.device(res.mac).state
     payload = {"mac": res.mac, "generation": res.generation, "state": res.state,
-               "new_config_fetched": res.confirmed, "pending_hash": res.pending_hash}
+               "new_config_fetched": res.confirmed, "pending_hash": res.pending_hash, "resumed": res.resumed,
+               "notify": res.notify}
     if as_json:
         click.echo(json.dumps(payload, indent=2))
     elif res.confirmed:
@@ -263,8 +278,48 @@ def reprovision(rt: Runtime, mac: str, wait: float | None, as_json: bool):
     else:
         out.print(f"{res.mac}: new credentials (generation {res.generation}) pending; the device gets them at its "
                   f"next fetch, and its old credentials work until then.", markup=False)
+    if res.notify and not as_json:
+        out.print(f"SIP NOTIFY: {res.notify}", markup=False, highlight=False)
     if wait and not res.confirmed:
         err.print(f"error: {res.mac} did not fetch its new config within {wait:g} s", markup=False)
+        sys.exit(4)
+
+
+def _reprovision_bulk(rt: Runtime, macs: list[str], wait: float | None, concurrency: int, stagger: float, why: str,
+                      as_json: bool) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    if not macs:
+        raise InputError("no device to reprovision")
+    progress = Progress(TextColumn("reprovision"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        TextColumn("{task.fields[last]}"), console=err, disable=as_json, transient=False)
+    with progress:
+        task = progress.add_task("reprovision", total=len(macs), last="")
+        results = ops.reprovision_many(
+            rt, macs, actor(), why, wait=wait, concurrency=concurrency, stagger=stagger,
+            on_result=lambda r: progress.update(task, advance=1, last=r.mac))
+
+    def outcome(r) -> str:
+        if r.error:
+            return r.error
+        if r.confirmed:
+            return "fetched, switched"
+        return "not fetched in time" if wait else "pending (old credentials work until the fetch)"
+
+    failed = [r for r in results if (r.error and not r.error.startswith("skipped")) or (wait and not r.confirmed
+                                                                                          and not r.error)]
+    if as_json:
+        click.echo(json.dumps([{"mac": r.mac, "site": r.site, "generation": r.generation, "state": r.state,
+                                "new_config_fetched": r.confirmed, "resumed": r.resumed, "notified": r.notified,
+                                "notify": r.notify, "error": r.error} for r in results], indent=2))
+    else:
+        t = Table(title=f"{len(results)} devices, {len(failed)} not done", title_justify="left")
+        for col in ("mac", "site", "generation", "state", "resync NOTIFY", "result"):
+            t.add_column(col)
+        for r in results:
+            t.add_row(r.mac, r.site or "", str(r.generation), r.state,
+                      ("sent" if r.notified else "no") if not r.error else "-", outcome(r))
+        out.print(t)
+    if failed:
         sys.exit(4)
 
 

@@ -55,12 +55,34 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _no_control(v: str) -> str:
+    if re.search(r"[\x00-\x1f\x7f]", v):
+        raise ValueError("contains a control character")
+    return v
+
+
+def _no_password_in_url(v: str) -> str:
+    _no_control(v)
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/@]*:[^/@]*@", v):
+        raise ValueError("a database URL here carries no password: name the environment variable that holds it "
+                         "in db_password_env")
+    return v
+
+
 class Registrar(Strict):
     kind: Literal["none", "kamailio", "asterisk", "fritzbox"] | None = None
     host: Annotated[str, AfterValidator(_safe_text)] | None = None
     port: int | None = Field(default=None, ge=1, le=65535)
     domain: Annotated[str, AfterValidator(_safe_text)] | None = None
     transport: Literal["tls", "tcp", "udp"] | None = None
+    # where provisioner writes the SIP passwords (provisioner/registrar/); never a password here
+    db: Annotated[str, Field(min_length=1, max_length=1024), AfterValidator(_no_password_in_url)] | None = None
+    db_password_env: Annotated[str, Field(pattern=r"^[A-Z_][A-Z0-9_]{0,63}$")] | None = None
+    include_file: Annotated[str, Field(min_length=1, max_length=4096), AfterValidator(_no_control)] | None = None
+    reload_command: list[Annotated[str, Field(min_length=1, max_length=1024), AfterValidator(_no_control)]] | None = \
+        Field(default=None, min_length=1)
+    context: Token | None = None
+    router: Mac | None = None
 
 
 class Policy(Strict):
@@ -129,6 +151,89 @@ class Defaults(Settings):
     pass
 
 
+# ---- routers (routers: at the top level; provisioner/routers.py acts on them) -----------------------------
+
+_ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,63}\Z")
+_HOST = re.compile(r"[A-Za-z0-9._:-]{1,253}\Z")
+
+
+def _env_name(v: str) -> str:
+    if not _ENV_NAME.match(v):
+        raise ValueError("an environment variable name: capitals, digits and _")
+    return v
+
+
+def _host(v: str) -> str:
+    if not _HOST.match(v):
+        raise ValueError("a host name or IP address (letters, digits, . - : _)")
+    return v
+
+
+def _option_value(v: Any) -> Any:
+    texts = v if isinstance(v, list) else [v]
+    for t in texts:
+        if isinstance(t, str) and re.search(r"[\x00-\x1f\x7f]", t):
+            raise ValueError("contains a control character")
+    return v
+
+
+EnvName = Annotated[str, AfterValidator(_env_name)]
+HostText = Annotated[str, AfterValidator(_host)]
+
+
+class PasswordSource(Strict):
+    """Where a secret the operator owns comes from: never the YAML itself."""
+
+    password_env: EnvName | None = None  # name of an environment variable holding it
+    password_file: Annotated[str, Field(min_length=1, max_length=4096)] | None = None  # relative to this file
+
+
+class RouterManagement(PasswordSource):
+    """How the agent logs in: a dedicated user; its password from the store, or (first contact) the source."""
+
+    user: Token
+    port: int | None = Field(default=None, ge=1, le=65535)
+    tls_port: int | None = Field(default=None, ge=1, le=65535)
+    tls: Literal["auto", "required", "off"] | None = None
+
+    @model_validator(mode="after")
+    def _at_most_one_source(self):
+        if self.password_env is not None and self.password_file is not None:
+            raise ValueError("give one of password_env or password_file, not both")
+        return self
+
+
+class RouterTrunk(PasswordSource):
+    """A SIP account the router itself registers (the site's trunk); its password comes from the operator."""
+
+    index: int = Field(default=0, ge=0, le=63)
+    registrar: HostText
+    number: Annotated[str, Field(pattern=r"^\+?[0-9]{2,20}$")]
+    username: SafeText
+    outbound_proxy: HostText | None = None
+    stun_server: HostText | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.password_env is None) == (self.password_file is None):
+            raise ValueError("give the trunk password's source: exactly one of password_env or password_file")
+        return self
+
+
+class Router(Strict):
+    mac: Mac
+    profile: str  # a router profile: vendors/<profile>.yaml with kind: router
+    model: str
+    site: str
+    name: SafeText | None = None
+    address: HostText
+    management: RouterManagement
+    trunks: list[RouterTrunk] = Field(default_factory=list)
+    lines: list[Token] = Field(default_factory=list)  # inventory extensions whose phones register on this router
+    options: dict[Token, Annotated[bool | int | float | str | list[str], AfterValidator(_option_value)]] = Field(
+        default_factory=dict)  # overrides of the profile's driver options
+
+
 class Security(Strict):
     """Anti-harvest thresholds and where security events go (a command gets the event JSON on stdin)."""
 
@@ -159,6 +264,16 @@ class ResolvedRegistrar:
     port: int
     domain: str
     transport: str
+    db: str | None = None  # kamailio: SQLite file or PostgreSQL URL (relative paths: from the inventory)
+    db_password_env: str | None = None
+    include_file: str | None = None  # asterisk: the PJSIP include file provisioner writes
+    reload_command: tuple[str, ...] | None = None  # asterisk: run after the include file changed
+    context: str | None = None  # asterisk: dialplan context of the endpoints
+    router: str | None = None  # fritzbox: MAC of the routers: entry the phones register on
+
+    def __post_init__(self):
+        if isinstance(self.reload_command, list):  # hashable: settings are cache keys
+            object.__setattr__(self, "reload_command", tuple(self.reload_command))
 
 
 @dataclass(frozen=True)
@@ -259,6 +374,40 @@ def resolve(defaults: Defaults, site: Site, device: Device) -> ResolvedDevice:
                           settings=resolve_settings(defaults, site, device, networks=site.networks))
 
 
+@dataclass(frozen=True, slots=True)
+class TrunkSpec:
+    index: int
+    registrar: str
+    number: str
+    username: str
+    outbound_proxy: str | None
+    stun_server: str | None
+    password_env: str | None
+    password_file: str | None  # absolute
+
+
+@dataclass(frozen=True)
+class ResolvedRouter:
+    """A router as the operations use it: its site's settings filled in, secret sources resolved to paths."""
+
+    mac: str
+    profile: str
+    model: str
+    site: str
+    name: str | None
+    address: str
+    user: str
+    port: int | None
+    tls_port: int | None
+    tls: str | None
+    password_env: str | None
+    password_file: str | None  # absolute
+    trunks: tuple[TrunkSpec, ...]
+    lines: tuple[str, ...]
+    options: dict
+    settings: ResolvedSettings
+
+
 @dataclass
 class Inventory:
     path: Path
@@ -270,6 +419,11 @@ class Inventory:
     site_settings: dict[str, ResolvedSettings]
     security: Security = field(default_factory=lambda: Security())
     discovery: Any = None  # provisioner.discovery.config.DiscoveryConfig when the section is present
+    routers: dict[str, ResolvedRouter] = field(default_factory=dict)
+    router_index: dict[str, int] = field(default_factory=dict)  # MAC -> position in the routers list
+
+    def router(self, mac: str) -> ResolvedRouter | None:
+        return self.routers.get(mac)
 
     def is_site_address(self, ip: str) -> bool:
         return self.site_for_ip(ip) is not None
@@ -295,7 +449,7 @@ class Inventory:
         return self.site_settings[site] if site else resolve_settings(self.defaults)
 
 
-TOP_KEYS = {"defaults", "sites", "devices", "security", "discovery"}
+TOP_KEYS = {"defaults", "sites", "devices", "security", "discovery", "routers"}
 
 
 BIG_INVENTORY = 4 * 2**20  # bytes; larger files are parsed in a child process
@@ -417,6 +571,7 @@ def _load_inventory(path: Path, catalog: Catalog) -> Inventory:
         devices[dev.mac] = dev
         index[dev.mac] = i
 
+    routers = _check_routers(src, data.get("routers"), catalog, raw_sites, index, ext_seen, problems)
     if problems:
         raise ProblemsError(problems)
     site_settings = {n: resolve_settings(defaults, st, networks=st.networks) for n, st in sites.items()}
@@ -435,7 +590,100 @@ def _load_inventory(path: Path, catalog: Catalog) -> Inventory:
         raise ProblemsError(problems)
     del devices  # the resolved devices are all that is kept: the pydantic models weigh ten times more
     src.data = None  # problems found later are located by re-parsing the text (Source.positioned)
-    return Inventory(path, src, defaults, sites, resolved, index, site_settings, security, discovery)
+    resolved_routers = {r.mac: _resolve_router(r, site_settings[r.site], path) for _, r in routers}
+    return Inventory(path, src, defaults, sites, resolved, index, site_settings, security, discovery,
+                     routers=resolved_routers, router_index={r.mac: i for i, r in routers})
+
+
+def _check_routers(src: Source, raw: Any, catalog: Catalog, raw_sites: dict, device_index: dict[str, int],
+                   ext_seen: dict[tuple[str, str], tuple], problems: list[Problem]) -> list[tuple[int, Router]]:
+    """Validate the routers: section; every cross-check is a FILE:LINE problem."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        problems.append(src.problem(("routers",), "must be a list of routers"))
+        return []
+    out: list[tuple[int, Router]] = []
+    seen: dict[str, int] = {}
+    served: dict[tuple[str, str], int] = {}
+    extensions = {key for key, (_, _, fld) in ext_seen.items() if fld == "extension"}
+    for i, item in enumerate(raw):
+        loc = ("routers", i)
+        try:
+            r = Router.model_validate(plain(item) if isinstance(item, dict) else item)
+        except ValidationError as e:
+            problems.extend(src.problems_from(e, loc))
+            continue
+        if r.mac in seen:
+            problems.append(src.problem(loc + ("mac",), f"duplicate MAC, already used by routers[{seen[r.mac]}]"))
+            continue
+        if r.mac in device_index:
+            problems.append(src.problem(loc + ("mac",), f"duplicate MAC, already used by devices[{device_index[r.mac]}]"))
+            continue
+        seen[r.mac] = i
+        ok = True
+        prof = catalog.routers.get(r.profile)
+        if prof is None:
+            problems.append(src.problem(loc + ("profile",), f"unknown router profile {r.profile!r} (known: "
+                                        f"{', '.join(sorted(catalog.routers)) or 'none'})"))
+            ok = False
+        elif r.model not in prof.models:
+            problems.append(src.problem(loc + ("model",), f"unknown {prof.name} model {r.model!r} "
+                                        f"(known: {', '.join(prof.models)})"))
+            ok = False
+        if r.site not in raw_sites:
+            problems.append(src.problem(loc + ("site",), f"unknown site {r.site!r} "
+                                        f"(known: {', '.join(map(str, raw_sites)) or 'none'})"))
+            ok = False
+        if prof is not None:
+            if r.trunks and not prof.trunks:
+                problems.append(src.problem(loc + ("trunks",), f"{prof.display_name} routers hold no SIP trunks here"))
+                ok = False
+            if r.lines and not prof.registrar:
+                problems.append(src.problem(loc + ("lines",), f"{prof.display_name} routers register no handsets"))
+                ok = False
+            for key in r.options:
+                if key not in prof.options:
+                    problems.append(src.problem(loc + ("options", key), f"unknown option for profile {prof.name} "
+                                                f"(known: {', '.join(sorted(prof.options)) or 'none'})"))
+                    ok = False
+            if r.model in prof.models and len(r.lines) > prof.models[r.model].lines:
+                problems.append(src.problem(loc + ("lines",), f"{prof.display_name} {r.model} registers at most "
+                                            f"{prof.models[r.model].lines} handsets, {len(r.lines)} given"))
+                ok = False
+        indices: dict[int, int] = {}
+        for j, t in enumerate(r.trunks):
+            if t.index in indices:
+                problems.append(src.problem(loc + ("trunks", j, "index"),
+                                            f"trunk index {t.index} already used by trunks[{indices[t.index]}]"))
+                ok = False
+            indices.setdefault(t.index, j)
+        for j, ext in enumerate(r.lines):
+            if (r.site, ext) not in extensions:
+                problems.append(src.problem(loc + ("lines", j), f"unknown line extension {ext!r}: no device line in "
+                                            f"site {r.site} has it"))
+                ok = False
+            elif (r.site, ext) in served:
+                problems.append(src.problem(loc + ("lines", j), f"extension {ext!r} is already served by "
+                                            f"routers[{served[(r.site, ext)]}]"))
+                ok = False
+            served.setdefault((r.site, ext), i)
+        if ok:
+            out.append((i, r))
+    return out
+
+
+def _resolve_router(r: Router, settings: ResolvedSettings, inventory_path: Path) -> ResolvedRouter:
+    def where(p: str | None) -> str | None:
+        return None if p is None else str((inventory_path.parent / p).resolve())
+
+    return ResolvedRouter(
+        mac=r.mac, profile=r.profile, model=r.model, site=r.site, name=r.name, address=r.address,
+        user=r.management.user, port=r.management.port, tls_port=r.management.tls_port, tls=r.management.tls,
+        password_env=r.management.password_env, password_file=where(r.management.password_file),
+        trunks=tuple(TrunkSpec(t.index, t.registrar, t.number, t.username, t.outbound_proxy, t.stun_server,
+                               t.password_env, where(t.password_file)) for t in r.trunks),
+        lines=tuple(r.lines), options=dict(r.options), settings=settings)
 
 
 def vendor_of(catalog: Catalog, dev: ResolvedDevice) -> VendorProfile:

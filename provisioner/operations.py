@@ -4,24 +4,53 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
+import os
+import threading
 import time
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
 
+import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from provisioner import credentials as pw
 from provisioner.desired import credential_names, device_context
-from provisioner.errors import InputError, NotConfirmed, UnknownDevice
+from provisioner.errors import InputError, NotConfirmed, ProvisionerError, UnknownDevice
 from provisioner.inventory import ResolvedDevice, vendor_of
 from provisioner.macaddr import normalize_mac
+from provisioner.registrar import RegistrarError, kill_point, registrar_for
+from provisioner.registrar import sync as registrar_sync
 from provisioner.render import sha256
 from provisioner.runtime import Runtime
 from provisioner.secret import Secret
 from provisioner.store import DeviceState, utcnow
+from provisioner.store.schema import devices as devices_table
+
+log = logging.getLogger("provisioner.operations")
 
 
 def _rule_for(name: str) -> str:
     return "sip" if name.startswith("sip:") else name
+
+
+FRITZBOX_SIP_LENGTH = (8, 20)  # what FRITZ!OS takes for an IP-phone client's password, letters and digits
+
+
+def password_rule(vendor, dev: ResolvedDevice, name: str) -> pw.PasswordRule:
+    """The vendor's rule for a credential; a SIP password whose registrar is a FRITZ!Box also fits the box
+    (letters and digits, 8 to 20 characters: inside every FRITZ!OS client password rule we know)."""
+    rule = vendor.passwords[_rule_for(name)]
+    if name.startswith("sip:") and dev.settings.registrar.kind == "fritzbox":
+        import string
+        alphabet = "".join(sorted(set(rule.alphabet) & set(string.ascii_letters + string.digits)))
+        if len(alphabet) < 10:
+            alphabet = string.ascii_letters + string.digits
+        lo, hi = FRITZBOX_SIP_LENGTH
+        rule = pw.PasswordRule(length=min(max(rule.length, lo), hi), alphabet=alphabet,
+                               require=[c for c in rule.require if c != "punct"])
+    return rule
 
 
 def generate_credentials(rt: Runtime, dev: ResolvedDevice) -> dict[str, Secret]:
@@ -30,7 +59,7 @@ def generate_credentials(rt: Runtime, dev: ResolvedDevice) -> dict[str, Secret]:
     out: dict[str, Secret] = {}
     for name in credential_names(dev, vendor):
         while True:
-            s = pw.generate(vendor.passwords[_rule_for(name)], forbidden)
+            s = pw.generate(password_rule(vendor, dev, name), forbidden)
             if s not in out.values():  # never two equal secrets on one device
                 out[name] = s
                 break
@@ -102,7 +131,7 @@ def sync_inventory(rt: Runtime, actor: str = "system") -> SyncResult:
     window; credentials for new lines are added; desired hashes are recomputed where an input changed."""
     store = rt.store
     now = utcnow()
-    added, updated = [], []
+    added, updated, touched = [], [], []
     states = {s.mac: s for s in store.all_devices()}
     new = [dev for mac, dev in rt.inventory.resolved.items() if mac not in states]
     for i in range(0, len(new), SYNC_BATCH):
@@ -128,7 +157,7 @@ def sync_inventory(rt: Runtime, actor: str = "system") -> SyncResult:
                 missing = [n for n in credential_names(dev, vendor) if n not in creds]
                 if missing:  # a line was added: give it its own password in this generation
                     gen = state.generation if status == "active" else store.next_generation(c, mac) - 1
-                    extra = {n: pw.generate(vendor.passwords[_rule_for(n)], vendor.factory_passwords())
+                    extra = {n: pw.generate(password_rule(vendor, dev, n), vendor.factory_passwords())
                              for n in missing}
                     store.add_credentials(c, mac, gen, status, extra, now)
                     creds.update(extra)
@@ -136,6 +165,8 @@ def sync_inventory(rt: Runtime, actor: str = "system") -> SyncResult:
                 key = "desired_hash" if status == "active" else "pending_hash"
                 if getattr(state, key) != h:
                     changes[key] = h
+            if changes:
+                touched.append(mac)
             if set(changes) - {"inputs_hash"}:
                 store.update_device(c, mac, **changes)
                 store.append_audit(c, actor, "device.updated", mac, "inventory changed",
@@ -143,7 +174,24 @@ def sync_inventory(rt: Runtime, actor: str = "system") -> SyncResult:
                 updated.append(mac)
             elif changes:
                 store.update_device(c, mac, **changes)
+    _sync_registrars(rt, added + touched, actor)
     return SyncResult(added, updated)
+
+
+def _sync_registrars(rt: Runtime, macs: list[str], actor: str) -> None:
+    """New devices: their registrar gets the active generation; changed ones (lines, registrar settings):
+    it is written again. A registrar that is down does not stop the sync (the record keeps the intent)."""
+    macs = [m for m in macs if (d := rt.inventory.device(m)) is not None
+            and d.settings.registrar.kind not in (None, "none")]
+    if not macs:
+        return
+    try:
+        rep = registrar_sync.reconcile(rt, macs, actor)
+    except Exception:
+        log.exception("registrar sync of %d device(s) failed; `provisioner registrar sync` retries", len(macs))
+        return
+    for r in rep.failed:
+        log.error("registrar of %s not written: %s", r.mac, r.detail)
 
 
 def device_row(rt: Runtime, st: DeviceState) -> dict:
@@ -153,7 +201,7 @@ def device_row(rt: Runtime, st: DeviceState) -> dict:
     return {"mac": st.mac, "vendor": st.vendor, "model": st.model, "site": st.site, "state": st.state,
             "last_seen": iso(st.last_seen), "last_ip": st.last_ip, "served_hash": st.served_hash,
             "desired_hash": st.desired_hash, "pending_hash": st.pending_hash, "in_sync": in_sync,
-            "enrol_expires_at": iso(st.enrol_expires_at), "in_inventory": st.mac in rt.inventory.resolved}
+            "enrol_expires_at": iso(st.enrol_expires_at), "in_inventory": st.mac in rt.inventory.resolved or st.mac in rt.inventory.routers}
 
 
 def list_devices(rt: Runtime) -> list[dict]:
@@ -171,6 +219,75 @@ def render_device(rt: Runtime, mac: str, masked: bool = True) -> dict[str, bytes
     return rt.renderer.device_files(device_context(dev, vendor, creds, masked=masked))
 
 
+# ---- registrar ------------------------------------------------------------------------------------
+
+def reconcile(rt: Runtime, macs: Iterable[str] | None = None, actor: str = "system") -> registrar_sync.ReconcileReport:
+    """Registrars hold what the devices hold: repair writes and switches cut short (serve start-up,
+    `reprovision`, `provisioner registrar sync`). Failures are in the report, never raised."""
+    return registrar_sync.reconcile(rt, None if macs is None else [normalize_mac(m) for m in macs], actor)
+
+
+# ---- resync / reset over SIP NOTIFY ---------------------------------------------------------------
+
+# seconds for a phone to answer a NOTIFY (sent at 0, 0.5 and 1.5 s: RFC 3261 timer A)
+NOTIFY_TIMEOUT = float(os.environ.get("PROVISIONER_NOTIFY_TIMEOUT", "2"))
+
+
+@dataclass
+class NotifyOutcome:
+    ok: bool
+    text: str
+
+
+def _parse_contact(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or "]" in port or (host.count(":") and not host.startswith("[")):
+        host, port = text, "5060"
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise InputError(f"contact {text!r}: expected HOST[:PORT]")
+    return host.strip("[]"), int(port)
+
+
+def notify_device(rt: Runtime, dev: ResolvedDevice, what: str = "resync", contact: str | None = None,
+                  timeout: float = NOTIFY_TIMEOUT) -> NotifyOutcome:
+    """Tell the phone to fetch its config (what="resync") or to reset itself (what="reset") with the SIP
+    NOTIFY Event its vendor profile names, sent to its last known contact: where its lines registered (if
+    the registrar tells), else the address of its last fetch on port 5060. Never raises for the phone."""
+    vendor = vendor_of(rt.catalog, dev)
+    event = getattr(vendor.sip_notify, what)
+    if not event:
+        return NotifyOutcome(False, f"{vendor.display_name} has no SIP NOTIFY to {what}")
+    try:
+        from provisioner.drivers.base import DriverError
+        from provisioner.drivers.sip_notify import SipNotifyDriver
+    except ImportError:
+        return NotifyOutcome(False, "no SIP NOTIFY driver in this installation")
+    targets: list[tuple[str, int]] = []
+    if contact:
+        targets.append(_parse_contact(contact))
+    else:
+        try:
+            targets += registrar_for(rt, dev).contacts(dev)
+        except Exception as e:  # the registrar's bindings are a hint only
+            log.warning("no contacts from the registrar of %s: %s", dev.mac, type(e).__name__)
+        st = rt.store.device(dev.mac)
+        if st is not None and st.last_ip and (st.last_ip, 5060) not in targets:
+            targets.append((st.last_ip, 5060))
+    if not targets:
+        return NotifyOutcome(False, "no known address (the device never fetched and never registered)")
+    last = ""
+    for host, port in targets[:2]:
+        try:
+            drv = SipNotifyDriver(vendor, host, port, mac=dev.mac, timeout=timeout, user=dev.lines[0].extension)
+            drv.resync() if what == "resync" else drv.factory_reset()
+            return NotifyOutcome(True, f"NOTIFY Event: {event} to {host}:{port}: {drv.last_response}")
+        except (DriverError, InputError) as e:
+            last = str(e)
+    return NotifyOutcome(False, last)
+
+
+# ---- reprovision -----------------------------------------------------------------------------------
+
 @dataclass
 class ReprovisionResult:
     mac: str
@@ -178,18 +295,35 @@ class ReprovisionResult:
     pending_hash: str
     confirmed: bool
     state: str
+    resumed: bool = False  # an interrupted rotation of the same generation goes on
+    notified: bool = False  # the phone answered the resync NOTIFY with 200
+    notify: str | None = None  # what the NOTIFY did (or why none was sent)
+    error: str | None = None  # bulk: why this device was not reprovisioned
+    site: str | None = None
 
 
-def reprovision(rt: Runtime, mac: str, actor: str, why: str = "reprovision requested") -> ReprovisionResult:
-    """Phase one of a two-phase rotation: new SIP, web and provisioning secrets as a pending generation.
+def reprovision(rt: Runtime, mac: str, actor: str, why: str = "reprovision requested", *, notify: bool = True,
+                contact: str | None = None, notify_timeout: float = NOTIFY_TIMEOUT,
+                sync: bool = True) -> ReprovisionResult:
+    """Rotate every secret of a device, two-phase: new SIP, web and provisioning secrets as a pending
+    generation; the registrar, the store and the device switch together when the device fetches the
+    config of that generation (registrar.prepare_switch, then Store.promote_pending, in the pipeline).
+    Until then the old credentials keep working everywhere.
 
-    The device keeps fetching with its current provisioning credentials and gets the config of the
-    pending generation; the server switches generations when it serves exactly that config
-    (Store.promote_pending). Until then the old credentials keep working.
+    First repairs a switch of this device cut short (reconcile). A rotation whose switch is being served
+    right now is resumed, not replaced. Then tells the phone to fetch (SIP NOTIFY, vendor's resync event).
+    `wait_for_fetch` waits for the switch.
     """
     dev = resolve_mac(rt, mac)
-    sync_inventory(rt, actor)
+    if sync:
+        sync_inventory(rt, actor)
     store = rt.store
+    st = store.device(dev.mac)
+    if st.state in ("decommissioned", "locked"):
+        raise InputError(f"device {dev.mac} is {st.state}; unlock or re-adopt it first")
+    repaired = reconcile(rt, [dev.mac], actor)
+    for r in repaired.failed:
+        log.error("registrar of %s could not be repaired: %s", dev.mac, r.detail)
     now = utcnow()
     creds = generate_credentials(rt, dev)
     old = store.credentials(dev.mac, "active")
@@ -197,18 +331,33 @@ def reprovision(rt: Runtime, mac: str, actor: str, why: str = "reprovision reque
         if old.get(name) == secret:
             raise RuntimeError("password generator repeated a secret")  # 2^-100: not worth a retry path
     h = desired_hash(rt, dev, creds)
+    resumed = False
     with store.write() as c:
-        st = store.device(dev.mac)
+        row = c.execute(sa.select(devices_table).where(devices_table.c.mac == dev.mac).with_for_update()).first()
+        st = DeviceState.from_row(row)
         if st.state in ("decommissioned", "locked"):
             raise InputError(f"device {dev.mac} is {st.state}; unlock or re-adopt it first")
-        store.set_credential_status(c, dev.mac, "pending", "discarded", now)  # a rotation in flight is replaced
-        gen = store.next_generation(c, dev.mac)
-        store.add_credentials(c, dev.mac, gen, "pending", creds, now)
-        new_state = "rotating" if st.state == "provisioned" else st.state
-        store.update_device(c, dev.mac, pending_hash=h, state=new_state)
-        store.append_audit(c, actor, "rotation.started", dev.mac, why,
-                           {"generation": gen, "names": sorted(creds)}, now)
-    return ReprovisionResult(dev.mac, gen, h, False, new_state)
+        switching = registrar_sync.switch_in_progress(c, dev.mac)
+        if st.pending_hash and switching is not None and switching == registrar_sync.pending_generation(c, dev.mac):
+            # the device is being served that generation right now: replacing it could strand the device
+            gen, h, resumed, new_state = switching, st.pending_hash, True, st.state
+            store.append_audit(c, actor, "rotation.resumed", dev.mac, why, {"generation": gen}, now)
+        else:
+            store.set_credential_status(c, dev.mac, "pending", "discarded", now)  # a rotation in flight is replaced
+            gen = store.next_generation(c, dev.mac)
+            store.add_credentials(c, dev.mac, gen, "pending", creds, now)
+            new_state = "rotating" if st.state == "provisioned" else st.state
+            store.update_device(c, dev.mac, pending_hash=h, state=new_state)
+            store.append_audit(c, actor, "rotation.started", dev.mac, why,
+                               {"generation": gen, "names": sorted(creds)}, now)
+    kill_point("reprovision.staged")
+    res = ReprovisionResult(dev.mac, gen, h, False, new_state, resumed=resumed, site=dev.site)
+    if notify:
+        out = notify_device(rt, dev, "resync", contact, notify_timeout)
+        res.notified, res.notify = out.ok, out.text
+        log.info("resync NOTIFY for %s: %s", dev.mac, out.text)
+    kill_point("reprovision.notified")
+    return res
 
 
 def wait_for_fetch(rt: Runtime, mac: str, pending_hash: str, timeout: float, poll: float = 0.5) -> bool:
@@ -221,6 +370,66 @@ def wait_for_fetch(rt: Runtime, mac: str, pending_hash: str, timeout: float, pol
         if time.monotonic() >= deadline:
             return False
         time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
+
+
+def devices_for(rt: Runtime, site: str | None = None, all_devices: bool = False) -> list[str]:
+    """MACs of a site's devices (or of every device) in the inventory, for bulk operations."""
+    inv = rt.inventory
+    if site is not None:
+        if site not in inv.sites:
+            raise InputError(f"unknown site {site!r} (known: {', '.join(sorted(inv.sites)) or 'none'})")
+        return sorted(m for m, d in inv.resolved.items() if d.site == site)
+    if all_devices:
+        return sorted(inv.resolved)
+    raise InputError("give a MAC, --site SITE or --all")
+
+
+def reprovision_many(rt: Runtime, macs: list[str], actor: str, why: str = "bulk reprovision", *,
+                     wait: float | None = None, concurrency: int = 4, stagger: float = 1.0,
+                     notify: bool = True, notify_timeout: float = NOTIFY_TIMEOUT,
+                     on_result: Callable[[ReprovisionResult], None] | None = None) -> list[ReprovisionResult]:
+    """Reprovision many devices without a boot storm: a new device starts at most every `stagger`
+    seconds, and at most `concurrency` are in flight (rotating and, with `wait`, waiting for their fetch)
+    at once. Never raises for one device: its result carries the error. Results in the order of `macs`."""
+    if concurrency < 1:
+        raise InputError("concurrency must be at least 1")
+    if stagger < 0:
+        raise InputError("stagger must not be negative")
+    sync_inventory(rt, actor)
+    states = {s.mac: s for s in rt.store.all_devices()}
+    lock = threading.Lock()
+    next_start = [time.monotonic()]
+
+    def one(mac: str) -> ReprovisionResult:
+        st = states.get(mac)
+        dev = rt.inventory.device(mac)
+        site = dev.site if dev else None
+        if st is not None and st.state in ("decommissioned", "locked"):
+            res = ReprovisionResult(mac, st.generation, "", False, st.state, error=f"skipped: {st.state}", site=site)
+        else:
+            with lock:  # staggered starts: the n-th device starts n * stagger seconds after the first
+                at = max(time.monotonic(), next_start[0])
+                next_start[0] = at + stagger
+            time.sleep(max(0.0, at - time.monotonic()))
+            try:
+                res = reprovision(rt, mac, actor, why, notify=notify, notify_timeout=notify_timeout, sync=False)
+                if wait:
+                    res.confirmed = wait_for_fetch(rt, res.mac, res.pending_hash, wait)
+                    res.state = rt.store.device(res.mac).state
+            except ProvisionerError as e:
+                res = ReprovisionResult(mac, st.generation if st else 0, "", False, st.state if st else "unknown",
+                                        error=str(e), site=site)
+            except Exception as e:  # one device's bug must not stop the others; no secret in a type name
+                log.exception("reprovision of %s failed", mac)
+                res = ReprovisionResult(mac, st.generation if st else 0, "", False, st.state if st else "unknown",
+                                        error=f"internal error ({type(e).__name__})", site=site)
+        if on_result:
+            on_result(res)
+        return res
+
+    with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(macs) or 1)),
+                            thread_name_prefix="reprovision") as pool:
+        return list(pool.map(one, macs))
 
 
 def reopen_enrolment(rt: Runtime, mac: str, actor: str, why: str) -> None:
@@ -245,6 +454,9 @@ class LifecycleResult:
     manual: bool = False
     instructions: str | None = None
     message: str = ""
+    notify: str | None = None  # what the SIP NOTIFY (resync push or remote reset) did
+    confirmed: bool | None = None  # reset --wait: the device came back and enrolled
+    registrar_error: str | None = None  # the store changed but the registrar could not be written (yet)
 
 
 def _rotate_now(rt: Runtime, dev: ResolvedDevice, c, now: dt.datetime) -> int:
@@ -257,12 +469,29 @@ def _rotate_now(rt: Runtime, dev: ResolvedDevice, c, now: dt.datetime) -> int:
     store.add_credentials(c, dev.mac, gen, "active", creds, now)
     store.update_device(c, dev.mac, generation=gen, desired_hash=desired_hash(rt, dev, creds), pending_hash=None,
                         inputs_hash=inputs_fingerprint(rt, dev, gen))
+    if dev.settings.registrar.kind not in (None, "none"):
+        registrar_sync.write_intent(c, dev.mac, gen)  # the registrar follows in step 2 (or the next reconcile)
     return gen
 
 
 def _reopen(rt: Runtime, dev: ResolvedDevice, c, state: str, now: dt.datetime) -> None:
     rt.store.update_device(c, dev.mac, state=state, enrol_opened_at=now, lock_reason=None, enrolled_at=None,
                            enrol_expires_at=now + dt.timedelta(hours=dev.settings.policy.enrolment_hours))
+
+
+def _registrar_now(rt: Runtime, dev: ResolvedDevice, generation: int | None) -> str | None:
+    """Step 2 and 3 of a registrar write whose intent the caller committed with its store change; the
+    problem (the intent stays, so `registrar sync` or the next serve start writes it again), or None."""
+    if dev.settings.registrar.kind in (None, "none"):
+        return None
+    creds = rt.store.credentials(dev.mac, "active") if generation is not None else None
+    try:
+        registrar_sync.apply_or_raise(rt, [registrar_sync.Item(dev.mac, dev, generation, creds)],
+                                      intent_written=True)
+    except RegistrarError as e:
+        log.error("%s", e)
+        return str(e)
+    return None
 
 
 def unlock(rt: Runtime, mac: str, actor: str, why: str = "unlocked by the helpdesk") -> LifecycleResult:
@@ -279,10 +508,12 @@ def unlock(rt: Runtime, mac: str, actor: str, why: str = "unlocked by the helpde
     return LifecycleResult(dev.mac, new_state, "locked", st.generation, message=f"unlocked ({st.lock_reason})")
 
 
-def reset(rt: Runtime, mac: str, actor: str, why: str = "factory reset requested") -> LifecycleResult:
-    """Factory-reset workflow: rotate every secret now, reopen the enrolment window, state reset-pending
-    until the device comes back and enrols. The vendor's remote reset where its profile has one,
-    otherwise the profile's instructions for a reset by hand."""
+def reset(rt: Runtime, mac: str, actor: str, why: str = "factory reset requested", *, notify: bool = True,
+          contact: str | None = None, notify_timeout: float = NOTIFY_TIMEOUT) -> LifecycleResult:
+    """Factory-reset workflow: rotate every secret now (registrar included), reopen the enrolment window,
+    state reset-pending until the device comes back and enrols. The vendor's remote reset (SIP NOTIFY)
+    where its profile has one and the phone answers, otherwise the profile's instructions for a reset by
+    hand. `wait_for_enrolment` waits for the device to come back."""
     dev = resolve_mac(rt, mac)
     sync_inventory(rt, actor)
     vendor = vendor_of(rt.catalog, dev)
@@ -294,17 +525,41 @@ def reset(rt: Runtime, mac: str, actor: str, why: str = "factory reset requested
         gen = _rotate_now(rt, dev, c, now)
         _reopen(rt, dev, c, "reset-pending", now)
         rt.store.append_audit(c, actor, "device.reset", dev.mac, why, {"generation": gen, "previous_state": st.state})
-    remote = vendor.sip_notify.reset
+    kill_point("reset.store")
+    reg_error = _registrar_now(rt, dev, gen)
+    outcome = None
+    if vendor.sip_notify.reset and notify:
+        outcome = notify_device(rt, dev, "reset", contact, notify_timeout)
+        rt.store.audit(actor, "reset.sent" if outcome.ok else "reset.failed", dev.mac,
+                       "remote factory reset (SIP NOTIFY)", {"outcome": outcome.text[:300]})
+    remote = outcome is not None and outcome.ok
     instructions = None if remote else (vendor.reset_instructions or "reset the device to factory settings by hand")
+    msg = (f"credentials rotated; the device enrols again at its first fetch from site {dev.site} within "
+           f"{dev.settings.policy.enrolment_hours:g} h")
+    if outcome is not None and not remote:
+        msg += f"; the remote reset did not work ({outcome.text}), reset it by hand"
     return LifecycleResult(dev.mac, "reset-pending", st.state, gen, method="sip-notify" if remote else "manual",
-                           manual=not remote, instructions=instructions,
-                           message=f"credentials rotated; the device enrols again at its first fetch from site "
-                                   f"{dev.site} within {dev.settings.policy.enrolment_hours:g} h")
+                           manual=not remote, instructions=instructions, message=msg,
+                           notify=outcome.text if outcome else None, registrar_error=reg_error)
 
 
-def revoke(rt: Runtime, mac: str, actor: str, why: str = "credentials revoked") -> LifecycleResult:
-    """Compromised credentials: new ones at once and the old ones refused at once. The device must
-    enrol again (its window is reopened) to receive the new ones."""
+def wait_for_enrolment(rt: Runtime, mac: str, timeout: float, poll: float = 0.5) -> bool:
+    """True once a reset (or revoked) device came back and enrolled again."""
+    deadline = time.monotonic() + timeout
+    while True:
+        st = rt.store.device(mac)
+        if st is not None and st.state not in ("reset-pending", "enrolling") and st.enrolled_at is not None:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
+
+
+def revoke(rt: Runtime, mac: str, actor: str, why: str = "credentials revoked", *, notify: bool = True,
+           contact: str | None = None, notify_timeout: float = NOTIFY_TIMEOUT) -> LifecycleResult:
+    """Compromised credentials: new ones at once, and the old ones refused at once by the server and the
+    registrar (no grace). The enrolment window is reopened and the phone is told to fetch (NOTIFY): its
+    first, anonymous request from its site enrols it again with the new ones."""
     dev = resolve_mac(rt, mac)
     sync_inventory(rt, actor)
     st = rt.store.device(dev.mac)
@@ -315,15 +570,22 @@ def revoke(rt: Runtime, mac: str, actor: str, why: str = "credentials revoked") 
         gen = _rotate_now(rt, dev, c, now)
         _reopen(rt, dev, c, "enrolling", now)
         rt.store.append_audit(c, actor, "credentials.revoked", dev.mac, why, {"generation": gen})
-    from provisioner.registrar import line_secrets, registrar_for
-    registrar_for(rt, dev).set(dev, line_secrets(rt.store.credentials(dev.mac)))
-    return LifecycleResult(dev.mac, "enrolling", st.state, gen,
-                           message="old credentials refused from now on; the device enrols again at its next "
-                                   "fetch from its site (reboot it)")
+    kill_point("revoke.store")
+    reg_error = _registrar_now(rt, dev, gen)
+    outcome = notify_device(rt, dev, "resync", contact, notify_timeout) if notify else None
+    if outcome is not None:
+        rt.store.audit(actor, "resync.sent" if outcome.ok else "resync.failed", dev.mac,
+                       "push: the device fetches and enrols again", {"outcome": outcome.text[:300]})
+    return LifecycleResult(dev.mac, "enrolling", st.state, gen, notify=outcome.text if outcome else None,
+                           registrar_error=reg_error,
+                           message="old credentials refused from now on by the server and the registrar; the "
+                                   "device enrols again at its next fetch from its site"
+                                   + ("" if outcome is not None and outcome.ok else " (reboot it)"))
 
 
 def decommission(rt: Runtime, mac: str, actor: str, why: str = "decommissioned") -> LifecycleResult:
-    """Revoke everything and refuse the device from now on (it stays in the store for the record)."""
+    """Revoke everything (store and registrar) and refuse the device from now on (it stays in the store
+    for the record)."""
     try:
         m = normalize_mac(mac)
     except ValueError as e:
@@ -331,16 +593,60 @@ def decommission(rt: Runtime, mac: str, actor: str, why: str = "decommissioned")
     st = rt.store.device(m)
     if st is None:
         raise UnknownDevice(f"no device {m} in the store")
+    dev = rt.inventory.device(m)
     now = utcnow()
     with rt.store.write() as c:
         for status in ("active", "pending"):
             rt.store.set_credential_status(c, m, status, "retired", now)
         rt.store.update_device(c, m, state="decommissioned", pending_hash=None, enrol_expires_at=None)
+        if dev is not None and dev.settings.registrar.kind not in (None, "none"):
+            registrar_sync.write_intent(c, m, None)
         rt.store.append_audit(c, actor, "device.decommissioned", m, why, {"previous_state": st.state})
-    dev = rt.inventory.device(m)
-    if dev is not None:
-        from provisioner.registrar import registrar_for
-        registrar_for(rt, dev).remove(dev)
+    kill_point("decommission.store")
+    reg_error = _registrar_now(rt, dev, None) if dev is not None else None
     hint = f" Remove it from {rt.inventory_path} too." if dev is not None else ""
-    return LifecycleResult(m, "decommissioned", st.state, message="every credential retired; the server refuses "
-                                                                  "the device." + hint)
+    return LifecycleResult(m, "decommissioned", st.state, registrar_error=reg_error,
+                           message="every credential retired and removed from the registrar; the server refuses "
+                                   "the device." + hint)
+
+
+# ---- revealing secrets (second factor) ----------------------------------------------------------------
+
+@dataclass
+class RevealResult:
+    mac: str
+    generation: int
+    credentials: dict[str, Secret]  # what the device holds now (active); Secret masks itself
+    pending: dict[str, Secret] = field(default_factory=dict)  # a rotation in flight: what it gets next
+    pending_generation: int | None = None
+
+
+def reveal_credentials(rt: Runtime, mac: str, operator: str, code: str, actor: str | None = None,
+                       why: str = "revealed with a second factor") -> RevealResult:
+    """A device's secrets, for an operator who proves a second factor (TOTP, each code once). Audited
+    (names only). Raises OtpRefused (exit 5) for a wrong, reused or missing code."""
+    from provisioner import otp
+    dev = resolve_mac(rt, mac)
+    sync_inventory(rt, actor or f"cli:{operator}")
+    otp.verify(rt, operator, code)
+    st = rt.store.device(dev.mac)
+    active = rt.store.credentials(dev.mac, "active")
+    pending = rt.store.credentials(dev.mac, "pending") if st.pending_hash else {}
+    pgen = None
+    if pending:
+        pgen = max(h["generation"] for h in rt.store.credential_history(dev.mac) if h["status"] == "pending")
+    rt.store.audit(actor or f"cli:{operator}", "credentials.revealed", dev.mac, why,
+                   {"names": sorted(active), "generation": st.generation, "operator": operator,
+                    **({"pending_generation": pgen} if pending else {})})
+    return RevealResult(dev.mac, st.generation, active, pending, pgen)
+
+
+@dataclass
+class OtpEnrollment:
+    operator: str
+    uri: str  # otpauth://totp/...: holds the seed; shown once, to the operator only
+
+
+def otp_enroll(rt: Runtime, operator: str, actor: str | None = None) -> OtpEnrollment:
+    from provisioner import otp
+    return OtpEnrollment(operator, otp.enroll(rt, operator, actor=actor))

@@ -204,11 +204,27 @@ class RouterProfile(Strict):
     min_firmware: str | None = None
     models: dict[str, Model]
     options: dict[str, object] = Field(default_factory=dict)  # driver-specific facts
+    # what the platform can hold for the inventory (checked there, FILE:LINE): SIP trunks, handsets it registers
+    trunks: bool = False
+    registrar: bool = False
+    # files the driver renders and pushes: name on the device -> template under templates/
+    templates: dict[str, str] = Field(default_factory=dict)
+    reset_instructions: str | None = None  # what the technician does after a factory reset to re-enrol
 
     @field_validator("ouis")
     @classmethod
     def _ouis(cls, v: list[str]) -> list[str]:
         return VendorProfile._ouis(v)
+
+    @field_validator("templates")
+    @classmethod
+    def _templates(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, tmpl in v.items():
+            if not re.fullmatch(r"[A-Za-z0-9_]{1,32}", name):
+                raise ValueError(f"file name {name!r}: letters, digits and _ only")
+            if tmpl.startswith("/") or ".." in tmpl.split("/"):
+                raise ValueError(f"template {tmpl!r} must be a path under templates/")
+        return v
 
 
 @dataclass(frozen=True)

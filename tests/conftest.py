@@ -34,10 +34,20 @@ def need(*binaries: str) -> None:
         pytest.skip(msg)
 
 
+_handed_out: set[int] = set()
+
+
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port, never one this session handed out already (two calls in a row could
+    otherwise get the same port back from the kernel, e.g. HTTPS and --api)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise RuntimeError("no fresh free port in 50 tries")
 
 
 @pytest.fixture(scope="session")

@@ -1,24 +1,40 @@
-"""Lifecycle commands: unlock, reset, decommission, credentials revoke/reveal, otp enroll."""
+"""Lifecycle commands: unlock, reset, decommission, credentials revoke/reveal, otp enroll, registrar list/sync.
+
+Exit codes (design.md §2): 0 done, 2 bad input, 4 the device did not confirm in time, 5 one-time code
+refused; 1 when the registrar could not be written (the store is changed; `registrar sync` retries).
+"""
 
 from __future__ import annotations
 
 import getpass
 import json
+import sys
 from dataclasses import asdict
 
 import click
+from rich.table import Table
 
 from provisioner import operations as ops
-from provisioner.cli import actor, cli, out
+from provisioner.cli import actor, cli, err, out
 
 
 def _show(res, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(asdict(res), indent=2))
-        return
-    out.print(f"{res.mac}: {res.previous_state} -> {res.state}. {res.message}", markup=False, highlight=False)
-    if res.instructions:
-        out.print(f"On site: {res.instructions}", markup=False, highlight=False)
+    else:
+        out.print(f"{res.mac}: {res.previous_state} -> {res.state}. {res.message}", markup=False, highlight=False)
+        if res.notify:
+            out.print(f"SIP NOTIFY: {res.notify}", markup=False, highlight=False)
+        if res.instructions:
+            out.print(f"On site: {res.instructions}", markup=False, highlight=False)
+    _registrar_failed(res)
+
+
+def _registrar_failed(res) -> None:
+    """The store changed but the registrar was not written: say so, exit 1 (`registrar sync` retries)."""
+    if getattr(res, "registrar_error", None):
+        err.print(f"error: {res.registrar_error}", markup=False, highlight=False)
+        sys.exit(1)
 
 
 @cli.command()
@@ -34,11 +50,30 @@ def unlock(rt, mac, why, as_json):
 @cli.command()
 @click.argument("mac")
 @click.option("--why", default="factory reset requested", show_default=True)
+@click.option("--wait", "wait", type=click.FloatRange(0, 86400), default=None, metavar="S",
+              help="Wait up to S seconds for the device to come back and enrol (exit 4 if it does not).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def reset(rt, mac, why, as_json):
-    """Factory-reset workflow: rotate every secret, reopen the enrolment window, guide the reset."""
-    _show(ops.reset(rt, mac, actor(), why), as_json)
+def reset(rt, mac, why, wait, as_json):
+    """Factory-reset workflow: rotate every secret, reopen the enrolment window, reset the device remotely
+    where its vendor allows it, otherwise print how to reset it by hand."""
+    res = ops.reset(rt, mac, actor(), why)
+    if not as_json:
+        _show(res, False)
+    elif res.registrar_error:
+        _show(res, True)
+    if wait:
+        if not as_json:
+            err.print(f"waiting up to {wait:g} s for {res.mac} to come back and enrol …", markup=False)
+        res.confirmed = ops.wait_for_enrolment(rt, res.mac, wait)
+        res.state = rt.store.device(res.mac).state
+        if res.confirmed and not as_json:
+            out.print(f"{res.mac}: came back and enrolled ({res.state}).", markup=False, highlight=False)
+    if as_json:
+        _show(res, True)
+    if wait and not res.confirmed:
+        err.print(f"error: {res.mac} did not come back and enrol within {wait:g} s", markup=False)
+        sys.exit(4)
 
 
 @cli.command()
@@ -47,7 +82,7 @@ def reset(rt, mac, why, as_json):
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def decommission(rt, mac, why, as_json):
-    """Revoke everything and refuse the device from now on."""
+    """Revoke everything (server and registrar) and refuse the device from now on."""
     _show(ops.decommission(rt, mac, actor(), why), as_json)
 
 
@@ -62,7 +97,8 @@ def credentials():
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def revoke(rt, mac, why, as_json):
-    """New credentials now; the old ones are refused at once (the device enrols again)."""
+    """New credentials now; the old ones are refused at once by the server and the registrar, and the
+    phone is told to fetch (it enrols again from its site)."""
     _show(ops.revoke(rt, mac, actor(), why), as_json)
 
 
@@ -70,25 +106,25 @@ def revoke(rt, mac, why, as_json):
 @click.argument("mac")
 @click.option("--otp", "code", required=True, metavar="CODE", help="The current code of your authenticator.")
 @click.option("--operator", default=None, help="Whose second factor (default: your user name).")
+@click.option("--why", default="revealed with a second factor", show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def reveal(rt, mac, code, operator, as_json):
-    """Show a device's current secrets (audited; needs a valid one-time code)."""
-    from provisioner import otp
+def reveal(rt, mac, code, operator, why, as_json):
+    """Show a device's current secrets on stdout (audited; needs a valid one-time code, exit 5 if not)."""
     operator = operator or getpass.getuser()
-    dev = ops.resolve_mac(rt, mac)
-    otp.verify(rt, operator, code)  # raises OtpRefused: exit 5
-    st = rt.store.device(dev.mac)
-    status = "pending" if st is not None and st.pending_hash else "active"
-    secrets = rt.store.credentials(dev.mac, status)
-    rt.store.audit(f"cli:{operator}", "credentials.revealed", dev.mac, "revealed with a second factor",
-                   {"names": sorted(secrets), "generation_status": status})
+    res = ops.reveal_credentials(rt, mac, operator, code, actor=f"cli:{operator}", why=why)
     if as_json:
-        click.echo(json.dumps({"mac": dev.mac, "status": status,
-                               "credentials": {n: s.reveal() for n, s in sorted(secrets.items())}}, indent=2))
+        payload = {"mac": res.mac, "generation": res.generation,
+                   "credentials": {n: s.reveal() for n, s in sorted(res.credentials.items())}}
+        if res.pending:
+            payload["pending_generation"] = res.pending_generation
+            payload["pending"] = {n: s.reveal() for n, s in sorted(res.pending.items())}
+        click.echo(json.dumps(payload, indent=2))
         return
-    for name, secret in sorted(secrets.items()):
+    for name, secret in sorted(res.credentials.items()):
         click.echo(f"{name}\t{secret.reveal()}")
+    for name, secret in sorted(res.pending.items()):
+        click.echo(f"pending:{name}\t{secret.reveal()}")
 
 
 @cli.group()
@@ -96,14 +132,118 @@ def otp():
     """The second factor that `credentials reveal` asks for."""
 
 
+def _terminal_qr(text: str) -> str | None:
+    """A QR code drawn with block characters, when a QR library happens to be installed."""
+    try:
+        import segno  # type: ignore
+        import io
+        buf = io.StringIO()
+        segno.make(text, error="m").terminal(out=buf, compact=True)
+        return buf.getvalue()
+    except ImportError:
+        pass
+    try:
+        import io
+
+        import qrcode  # type: ignore
+        q = qrcode.QRCode(border=1)
+        q.add_data(text)
+        buf = io.StringIO()
+        q.print_ascii(out=buf, invert=True)
+        return buf.getvalue()
+    except ImportError:
+        return None
+
+
 @otp.command("enroll")
 @click.option("--operator", default=None, help="Default: your user name.")
 @click.pass_obj
 def otp_enroll(rt, operator):
-    """Create your TOTP seed and show the otpauth:// URI to add to an authenticator app."""
-    from provisioner import otp as otp_mod
+    """Create your TOTP seed (sealed in the store) and show the otpauth:// URI for an authenticator app."""
     operator = operator or getpass.getuser()
-    uri = otp_mod.enroll(rt, operator)
-    click.echo(uri)
-    out.print("Add it to your authenticator (or paste the URI into one that accepts it); the seed is "
-              "kept sealed under --home and shown only now.", markup=False)
+    res = ops.otp_enroll(rt, operator, actor=actor())
+    click.echo(res.uri)
+    if sys.stdout.isatty():
+        qr = _terminal_qr(res.uri)
+        if qr:
+            click.echo(qr)
+    err.print("Add it to your authenticator (scan the QR or paste the URI); the seed is kept sealed in the store "
+              "and shown only now.", markup=False)
+
+
+@cli.group()
+def registrar():
+    """The registrars of the inventory's sites (Kamailio, Asterisk, FRITZ!Box): what they hold."""
+
+
+@registrar.command("sync")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def registrar_sync(rt, as_json):
+    """Bring every registrar in line with the credentials the devices hold (repairs writes and switches
+    that were cut short); exit 1 if a registrar could not be written."""
+    ops.sync_inventory(rt, actor())
+    rep = ops.reconcile(rt, actor=actor())
+    rows = [asdict(r) for r in rep.repairs]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    elif not rows:
+        out.print("every registrar holds what its devices hold", markup=False)
+    else:
+        t = Table(title=f"{len(rows)} devices", title_justify="left")
+        for col in ("mac", "action", "detail"):
+            t.add_column(col)
+        for r in rows:
+            t.add_row(r["mac"], r["action"], r["detail"])
+        out.print(t)
+    if rep.failed:
+        sys.exit(1)
+
+
+@registrar.command("list")
+@click.option("--site", default=None, help="Only this site's registrar.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def registrar_list(rt, site, as_json):
+    """Accounts on each registrar and the device (and generation) they belong to; no passwords."""
+    from provisioner.registrar import accounts, registrar_for
+    from provisioner.registrar.sync import status
+    ops.sync_inventory(rt, actor())
+    backends: dict = {}
+    for dev in rt.inventory.resolved.values():
+        if (site and dev.site != site) or dev.settings.registrar.kind in (None, "none"):
+            continue
+        try:
+            b = registrar_for(rt, dev)
+        except Exception as e:
+            err.print(f"{dev.site}: {e}", markup=False)
+            continue
+        entry = backends.setdefault(b.target(), (b, {}))
+        for user, _ in accounts(dev):
+            entry[1][user] = dev.mac
+    rows = []
+    for target, (b, owners) in sorted(backends.items()):
+        try:
+            accts = b.list()
+        except Exception as e:
+            err.print(f"{b.label}: {e}", markup=False)
+            continue
+        for a in accts:
+            mac = owners.get(a["username"])
+            st = status(rt, mac) if mac else None
+            dst = rt.store.device(mac) if mac else None
+            rows.append({"registrar": b.label, "username": a["username"], "domain": a.get("domain"), "device": mac,
+                         "held_generation": st and st["held_generation"],
+                         "device_generation": dst.generation if dst else None,
+                         "in_sync": bool(st and dst and st["held_generation"] == dst.generation
+                                         and not st["write_in_flight"])})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    t = Table(title=f"{len(rows)} registrar accounts", title_justify="left")
+    for col in ("registrar", "user", "domain", "device", "generation", "in sync"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r["registrar"], r["username"], r["domain"] or "", r["device"] or "(no inventory line)",
+                  str(r["held_generation"] or "-"), "yes" if r["in_sync"] else "no")
+    out.print(t)

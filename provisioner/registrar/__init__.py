@@ -1,20 +1,51 @@
 """Registrars: where a line's SIP password must also be set (Kamailio, Asterisk, the FRITZ!Box).
 
-One interface: set, remove, list. The pipeline calls `prepare_switch` before it serves the config of a
-pending credential generation: the registrar must accept the new passwords before the device can get
-them; if it cannot, the device keeps its current config and nothing changes.
+One interface: set, remove, list (plus set_many/remove_users for batches, and optional holds/contacts).
+Which backend a device uses is its site's `registrar.kind` in inventory.yaml; where the backend writes
+(a database, a file, a router) is in the same mapping, never with a password in it.
+
+The registrar must hold the SIP passwords of the config the device holds. `prepare_switch` (called by the
+pipeline just before it serves the config of a pending credential generation) gives the registrar the new
+passwords first; if that fails the device keeps its current config and nothing changes. The write-ahead
+record and `reconcile`, which repair a switch cut short by a crash, are in provisioner/registrar/sync.py.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from abc import ABC, abstractmethod
-from typing import Mapping
+from pathlib import Path
+from typing import Iterable, Mapping
 
-from provisioner.inventory import ResolvedDevice
+from provisioner.errors import ProvisionerError
+from provisioner.inventory import ResolvedDevice, ResolvedRegistrar
 from provisioner.secret import Secret
 
 log = logging.getLogger("provisioner.registrar")
+
+
+class RegistrarError(ProvisionerError):
+    """The registrar could not be written or read; the message names it, never a secret."""
+
+    exit_code = 1
+
+
+def kill_point(name: str) -> None:
+    """Test hook for the crash tests: PROVISIONER_TEST_KILL_AT=<name> ends the process right here."""
+    if os.environ.get("PROVISIONER_TEST_KILL_AT") == name:
+        os._exit(137)
+
+
+def accounts(dev: ResolvedDevice) -> list[tuple[str, str]]:
+    """(SIP auth user, extension) of each line: the registrar account and the key of its password."""
+    return [(ln.auth_user or ln.extension, ln.extension) for ln in dev.lines]
+
+
+def line_secrets(creds: Mapping[str, Secret]) -> dict[str, Secret]:
+    """extension -> SIP password, from a credential set (names `sip:<extension>`)."""
+    return {name.split(":", 1)[1]: s for name, s in creds.items() if name.startswith("sip:")}
 
 
 class Registrar(ABC):
@@ -29,7 +60,43 @@ class Registrar(ABC):
     def remove(self, dev: ResolvedDevice) -> None: ...
 
     @abstractmethod
-    def list(self) -> list[dict]: ...
+    def list(self) -> list[dict]:
+        """The accounts there: {"username", "domain", ...}; never a password or a hash of one."""
+
+    def set_many(self, items: Iterable[tuple[ResolvedDevice, Mapping[str, Secret]]]) -> None:
+        """Several devices at once (backends override it to write in one transaction / one reload)."""
+        for dev, secrets in items:
+            self.set(dev, secrets)
+
+    def remove_users(self, users: Iterable[str]) -> None:
+        """Remove accounts by SIP user name (lines that left the inventory, decommissioned devices)."""
+        raise RegistrarError(f"the {self.kind} registrar cannot remove accounts by name")
+
+    def holds(self, dev: ResolvedDevice, line_secrets: Mapping[str, Secret]) -> bool | None:
+        """Whether the registrar accepts exactly these passwords for the device's lines (None: cannot tell)."""
+        return None
+
+    def contacts(self, dev: ResolvedDevice) -> list[tuple[str, int]]:
+        """Where the device's lines registered from, newest first, if the registrar tells (for NOTIFY)."""
+        return []
+
+    @property
+    def label(self) -> str:
+        return self.kind
+
+    def target(self) -> str:
+        """Which registrar this is (kind, where), for the write-ahead record; never a password."""
+        return self.kind
+
+    @staticmethod
+    def _lines(dev: ResolvedDevice, secrets: Mapping[str, Secret]) -> list[tuple[str, Secret]]:
+        out = []
+        for user, ext in accounts(dev):
+            s = secrets.get(ext)
+            if s is None:
+                raise RegistrarError(f"device {dev.mac}: no SIP password for line {ext}")
+            out.append((user, s))
+        return out
 
 
 class NoRegistrar(Registrar):
@@ -43,27 +110,55 @@ class NoRegistrar(Registrar):
     def remove(self, dev) -> None:
         return None
 
+    def remove_users(self, users) -> None:
+        return None
+
     def list(self) -> list[dict]:
         return []
 
 
+_lock = threading.Lock()
+
+
+def base_dir(rt) -> Path:
+    """Relative paths in the registrar mapping are relative to the inventory file."""
+    return Path(rt.inventory_path).resolve().parent
+
+
 def registrar_for(rt, dev: ResolvedDevice) -> Registrar:
-    """The backend for the device's site (inventory `registrar.kind`)."""
-    kind = dev.settings.registrar.kind
+    """The backend for the device's site (inventory `registrar.kind`), one instance per registrar."""
+    return backend_for(rt, dev.settings.registrar)
+
+
+def backend_for(rt, reg: ResolvedRegistrar) -> Registrar:
+    kind = reg.kind
     if kind in (None, "none"):
         return NoRegistrar()
-    raise NotImplementedError(f"registrar kind {kind!r} is not implemented yet")
-
-
-def line_secrets(creds: Mapping[str, Secret]) -> dict[str, Secret]:
-    return {name.split(":", 1)[1]: s for name, s in creds.items() if name.startswith("sip:")}
+    cache = rt.__dict__.setdefault("_registrars", {})
+    key = (reg, str(base_dir(rt)))
+    with _lock:
+        hit = cache.get(key)
+        if hit is None:
+            if kind == "kamailio":
+                from provisioner.registrar.kamailio import KamailioRegistrar
+                hit = KamailioRegistrar.from_settings(reg, base_dir(rt))
+            elif kind == "asterisk":
+                from provisioner.registrar.asterisk import AsteriskRegistrar
+                hit = AsteriskRegistrar.from_settings(reg, base_dir(rt))
+            elif kind == "fritzbox":
+                try:
+                    from provisioner.registrar.fritzbox import FritzBoxRegistrar
+                except ImportError as e:  # the FRITZ!Box driver is not installed in this tree
+                    raise NotImplementedError(f"registrar kind fritzbox needs the FRITZ!Box driver ({e})") from None
+                hit = FritzBoxRegistrar.from_settings(rt, reg)
+            else:
+                raise NotImplementedError(f"registrar kind {kind!r} is not implemented")
+            cache[key] = hit
+    return hit
 
 
 def prepare_switch(rt, dev: ResolvedDevice, pending: Mapping[str, Secret]) -> bool:
-    """Give the registrar the pending SIP passwords; False (and the device keeps its config) if it fails."""
-    try:
-        registrar_for(rt, dev).set(dev, line_secrets(pending))
-        return True
-    except Exception as e:  # the registrar's own message; never a secret (Secret masks itself)
-        log.error("registrar refused the new passwords of %s: %s", dev.mac, type(e).__name__)
-        return False
+    """Give the registrar the pending SIP passwords, durably recorded; False (and the device keeps its
+    config) if it fails or the rotation changed meanwhile. See sync.prepare_switch."""
+    from provisioner.registrar import sync
+    return sync.prepare_switch(rt, dev, pending)

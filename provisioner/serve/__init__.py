@@ -14,7 +14,7 @@ from provisioner.alerts import Alerts
 from provisioner.errors import InputError
 from provisioner.inventory import load_inventory
 from provisioner.yamlsrc import ProblemsError
-from provisioner.operations import sync_inventory
+from provisioner.operations import reconcile, sync_inventory
 from provisioner.runtime import Runtime
 from provisioner.serve.digest import DigestAuth
 from provisioner.serve.https import create_app
@@ -126,6 +126,7 @@ def run(rt: Runtime, https: str, tftp: str | None, echo=print, sip_pnp: list[str
         pnp = start_for_serve(rt, sip_pnp, echo)
     inv = rt.inventory
     result = sync_inventory(rt, actor="serve")
+    reconcile(rt, actor="serve")  # registrars hold what the devices hold: repairs a switch cut short by a crash
     names = server_names(rt, https_host)
     if api_addr and api_addr[0] not in ("0.0.0.0", "::"):
         names.add(api_addr[0])

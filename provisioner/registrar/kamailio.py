@@ -1,0 +1,206 @@
+"""Kamailio: the `subscriber` table of Kamailio's own database (auth_db), SQLite or PostgreSQL.
+
+Only what auth_db needs with `calculate_ha1 = 0` is stored, never the password itself:
+    ha1  = md5("user:domain:password")          checked for a digest username "user"
+    ha1b = md5("user@domain:domain:password")   checked for a digest username "user@domain"
+with realm = the SIP domain (Kamailio's cfg must use the To-domain as realm, `auth_check("$td", ...)`).
+auth_db reads the table on every REGISTER: a change takes effect at the next REGISTER, no reload.
+
+inventory.yaml (site or defaults):
+    registrar: {kind: kamailio, host: sip.example.net, domain: example.net,
+                db: /var/lib/kamailio/kamailio.sqlite}        # or sqlite:///abs/path (Kamailio's form)
+    registrar: {kind: kamailio, ..., db: postgresql://kamailio@db.example.net/kamailio,
+                db_password_env: KAMAILIO_DB_PASSWORD}        # the password only in the environment
+Without `db`, the environment variable PROVISIONER_KAMAILIO_DB gives it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from provisioner.inventory import ResolvedDevice, ResolvedRegistrar
+from provisioner.registrar import Registrar, RegistrarError, accounts
+from provisioner.secret import Secret
+
+log = logging.getLogger("provisioner.registrar.kamailio")
+
+ENV_DB = "PROVISIONER_KAMAILIO_DB"
+
+
+def md5(text: str) -> str:
+    return hashlib.md5(text.encode()).hexdigest()
+
+
+def ha1(user: str, domain: str, password: Secret) -> tuple[str, str]:
+    pw = password.reveal()
+    return md5(f"{user}:{domain}:{pw}"), md5(f"{user}@{domain}:{domain}:{pw}")
+
+
+def database_url(db: str | None, password_env: str | None, base: Path) -> tuple[str, str]:
+    """(SQLAlchemy URL, label without password) from the inventory's `db` (or PROVISIONER_KAMAILIO_DB)."""
+    db = db or os.environ.get(ENV_DB)
+    if not db:
+        raise RegistrarError(f"registrar kind kamailio: give `db` (Kamailio's SQLite file or a PostgreSQL URL) in "
+                             f"the registrar mapping, or set {ENV_DB}")
+    if re.match(r"^postgres(ql)?(\+\w+)?://", db):
+        url = make_url(re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql+psycopg://", db))
+        if password_env:
+            value = os.environ.get(password_env)
+            if value is None:
+                raise RegistrarError(f"registrar kind kamailio: the environment variable {password_env} "
+                                     f"(db_password_env) is not set")
+            url = url.set(password=value)
+        return url.render_as_string(hide_password=False), url.render_as_string(hide_password=True)
+    path = db[len("sqlite://"):] if db.startswith("sqlite://") else db
+    p = Path(path)
+    if not p.is_absolute():
+        p = base / p
+    # mode=rw: never create the file (Kamailio would run on an empty one and refuse everyone)
+    return f"sqlite:///file:{p}?mode=rw&uri=true", f"sqlite://{p}"
+
+
+class KamailioRegistrar(Registrar):
+    kind = "kamailio"
+
+    def __init__(self, url: str, label: str, domain: str):
+        self.domain = domain
+        self._label = label
+        self._sqlite = url.startswith("sqlite")
+        if self._sqlite:
+            if "///file:" not in url:
+                url = f"sqlite:///file:{url.split('///', 1)[1]}?mode=rw&uri=true"
+            path = Path(url.split("///file:", 1)[1].split("?", 1)[0])
+            if not path.is_file():  # Kamailio would create it empty and refuse everyone: say so now
+                raise RegistrarError(f"Kamailio database {path} does not exist (create its schema first: "
+                                     f"kamdbctl, or /usr/share/kamailio/db_sqlite/*-create.sql)")
+            # Kamailio's SQLite driver has no busy timeout; we wait for it instead of failing
+            self.engine = sa.create_engine(url, connect_args={"timeout": 10}, poolclass=sa.pool.NullPool)
+        else:
+            self.engine = sa.create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2)
+        self._checked = False
+
+    @classmethod
+    def from_settings(cls, reg: ResolvedRegistrar, base: Path) -> "KamailioRegistrar":
+        url, label = database_url(reg.db, reg.db_password_env, base)
+        return cls(url, label, reg.domain)
+
+    def __repr__(self) -> str:
+        return f"KamailioRegistrar({self._label}, domain={self.domain})"
+
+    @property
+    def label(self) -> str:
+        return f"Kamailio ({self._label})"
+
+    def target(self) -> str:
+        return f"kamailio|{self._label}|{self.domain}"[:255]
+
+    def _check(self, c) -> None:
+        if self._checked:
+            return
+        if self._sqlite:
+            mode = c.exec_driver_sql("PRAGMA journal_mode").scalar()
+            if str(mode).lower() != "wal":
+                log.warning("%s is in journal mode %s: Kamailio's reads may fail with 'database is locked' while "
+                            "provisioner writes; run PRAGMA journal_mode=WAL on it once", self._label, mode)
+        if not sa.inspect(c).has_table("subscriber"):
+            raise RegistrarError(f"{self.label}: no subscriber table (create Kamailio's auth_db schema)")
+        self._checked = True
+
+    def _run(self, what: str, fn):
+        try:
+            with self.engine.begin() as c:
+                self._check(c)
+                return fn(c)
+        except RegistrarError:
+            raise
+        except sa.exc.SQLAlchemyError as e:
+            # the driver's message names tables and columns, not values (bound parameters are not shown)
+            detail = str(getattr(e, "orig", e)).splitlines()[0][:200]
+            raise RegistrarError(f"{self.label}: could not {what}: {type(getattr(e, 'orig', e)).__name__}: "
+                                 f"{detail}") from None
+
+    # ---- writes ------------------------------------------------------------------------------------
+    _UPSERT = sa.text(
+        "INSERT INTO subscriber (username, domain, password, ha1, ha1b) VALUES (:u, :d, '', :h1, :h1b) "
+        "ON CONFLICT (username, domain) DO UPDATE SET password = '', ha1 = excluded.ha1, ha1b = excluded.ha1b")
+
+    def set(self, dev: ResolvedDevice, line_secrets: Mapping[str, Secret]) -> None:
+        self.set_many([(dev, line_secrets)])
+
+    def set_many(self, items: Iterable[tuple[ResolvedDevice, Mapping[str, Secret]]]) -> None:
+        rows = []
+        for dev, secrets in items:
+            for user, pw in self._lines(dev, secrets):
+                h1, h1b = ha1(user, self.domain, pw)
+                rows.append({"u": user, "d": self.domain, "h1": h1, "h1b": h1b})
+        if rows:
+            self._run("write the subscriber table", lambda c: c.execute(self._UPSERT, rows))
+
+    def remove(self, dev: ResolvedDevice) -> None:
+        self.remove_users([u for u, _ in accounts(dev)])
+
+    def remove_users(self, users: Iterable[str]) -> None:
+        users = sorted(set(users))
+        if users:
+            q = sa.text("DELETE FROM subscriber WHERE domain = :d AND username IN :users").bindparams(
+                sa.bindparam("users", expanding=True))
+            self._run("remove subscribers", lambda c: c.execute(q, {"d": self.domain, "users": users}))
+
+    # ---- reads -------------------------------------------------------------------------------------
+    def list(self) -> list[dict]:
+        q = sa.text("SELECT username, domain FROM subscriber WHERE domain = :d ORDER BY username")
+        rows = self._run("read the subscriber table", lambda c: c.execute(q, {"d": self.domain}).all())
+        return [{"username": r.username, "domain": r.domain} for r in rows]
+
+    def holds(self, dev: ResolvedDevice, line_secrets: Mapping[str, Secret]) -> bool:
+        want = {user: ha1(user, self.domain, pw) for user, pw in self._lines(dev, line_secrets)}
+        q = sa.text("SELECT username, ha1, ha1b FROM subscriber WHERE domain = :d AND username IN :users"
+                    ).bindparams(sa.bindparam("users", expanding=True))
+        rows = self._run("read the subscriber table",
+                         lambda c: c.execute(q, {"d": self.domain, "users": sorted(want)}).all())
+        have = {r.username: (r.ha1 or "", r.ha1b or "") for r in rows}
+        return all(u in have and hmac.compare_digest(have[u][0], h[0]) and hmac.compare_digest(have[u][1], h[1])
+                   for u, h in want.items())
+
+    def contacts(self, dev: ResolvedDevice) -> list[tuple[str, int]]:
+        """From the `location` table when Kamailio keeps bindings there (usrloc db_mode > 0)."""
+        users = [ln.extension for ln in dev.lines]  # the AoR is the To user: the extension
+        try:
+            with self.engine.connect() as c:
+                if not sa.inspect(c).has_table("location"):
+                    return []
+                live = " AND datetime(expires) > datetime('now')" if self._sqlite else ""
+                q = sa.text("SELECT contact, received FROM location WHERE domain = :d AND username IN :users"
+                            + live + " ORDER BY last_modified DESC").bindparams(
+                    sa.bindparam("users", expanding=True))
+                rows = c.execute(q, {"d": self.domain, "users": users}).all()
+        except sa.exc.SQLAlchemyError as e:
+            log.warning("%s: could not read the location table (%s)", self.label, type(e).__name__)
+            return []
+        out = []
+        for r in rows:
+            hp = _hostport(r.received or "") or _hostport(r.contact or "")
+            if hp and hp not in out:
+                out.append(hp)
+        return out
+
+
+_URI = re.compile(r"^<?sips?:(?:[^@;>]*@)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::(\d{1,5}))?")
+
+
+def _hostport(uri: str) -> tuple[str, int] | None:
+    m = _URI.match(uri.strip())
+    if not m:
+        return None
+    host = m.group(1).strip("[]")
+    port = int(m.group(2) or 5060)
+    return (host, port) if 0 < port < 65536 else None

@@ -1,0 +1,236 @@
+"""The driver interface and the phones' SIP NOTIFY driver (sipp plays the phone, test-peers.md §6)."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, free_port, need
+from provisioner.drivers import get_driver
+from provisioner.drivers.base import (WRITE_ONLY, ActionFailed, AuthenticationFailed, Driver, NotSupported,
+                                      Unreachable, Verifier, compare_states, show)
+from provisioner.drivers.pins import TlsPins
+from provisioner.drivers.ssh_router import ShadowHash, parse_uci, uci_quote
+from provisioner.drivers import unixcrypt
+from provisioner.secret import MASK, Secret
+from provisioner.vendors import load_catalog
+
+NOTIFY_UAS = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<!DOCTYPE scenario SYSTEM "sipp.dtd">
+<scenario name="NOTIFY UAS (fake phone)">
+  <recv request="NOTIFY" crlf="true">
+    <action>
+      <ereg regexp="Event: *([^;\\r\\n]*)" search_in="msg" check_it="true" assign_to="evline,event"/>
+      <log message="got NOTIFY [$evline] event=[$event]"/>
+    </action>
+  </recv>
+  <send><![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=[pid]SIPpTag01[call_number]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Contact: <sip:phone@[local_ip]:[local_port]>
+      Content-Length: 0
+
+  ]]></send>
+  <timewait milliseconds="200"/>
+</scenario>
+"""
+
+
+@pytest.fixture(scope="module")
+def catalog():
+    return load_catalog(REPO / "vendors", REPO / "templates")
+
+
+def _udp_bound(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def test_sip_notify_resync_and_reboot_reach_a_sipp_phone(catalog, tmp_path):
+    need("sipp")
+    from provisioner.drivers.sip_notify import SipNotifyDriver
+    scen = tmp_path / "notify_uas.xml"
+    scen.write_text(NOTIFY_UAS)
+    port = free_port(socket.SOCK_DGRAM)
+    proc = subprocess.Popen(["sipp", "-sf", str(scen), "-i", "127.0.0.1", "-p", str(port), "-m", "2", "-nostdin",
+                             "-trace_msg", "-message_file", str(tmp_path / "msg.log"), "-trace_logs", "-log_file",
+                             str(tmp_path / "actions.log")], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 10
+        while not _udp_bound(port):
+            assert proc.poll() is None and time.monotonic() < deadline, "sipp did not start"
+            time.sleep(0.05)
+        phone = SipNotifyDriver(catalog.get("yealink"), "127.0.0.1", port, mac="805ec0123456", timeout=5)
+        assert phone.capabilities_now == {"resync", "reboot"}
+        phone.resync()
+        assert phone.last_response == "200 OK"
+        phone.reboot()
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    msgs = (tmp_path / "msg.log").read_text()
+    assert "Event: check-sync;reboot=false" in msgs and "Event: check-sync;reboot=true" in msgs
+    assert "got NOTIFY Event: check-sync event=check-sync" in (tmp_path / "actions.log").read_text()
+
+
+def test_sip_notify_reset_without_event_says_what_to_do(catalog):
+    from provisioner.drivers.sip_notify import SipNotifyDriver
+    phone = SipNotifyDriver(catalog.get("yealink"), "127.0.0.1", 5060)
+    with pytest.raises(NotSupported) as e:
+        phone.factory_reset()
+    assert "has no SIP NOTIFY to reset to factory settings" in str(e.value)
+    assert "Hold the OK key" in str(e.value) and e.value.exit_code == 2
+
+
+def test_sip_notify_timeouts_are_bounded_and_clear(catalog):
+    from provisioner.drivers.sip_notify import SipNotifyDriver
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as mute:  # a phone that never answers
+        mute.bind(("127.0.0.1", 0))
+        t = time.monotonic()
+        with pytest.raises(Unreachable) as e:
+            SipNotifyDriver(catalog.get("yealink"), "127.0.0.1", mute.getsockname()[1], timeout=0.6).resync()
+        assert time.monotonic() - t < 2
+        assert "no answer to NOTIFY (Event: check-sync;reboot=false) within 0.6 s" in str(e.value)
+        assert mute.recv(2048).startswith(b"NOTIFY sip:phone@127.0.0.1:")
+    with pytest.raises(Unreachable, match="nothing listens for SIP"):
+        SipNotifyDriver(catalog.get("yealink"), "127.0.0.1", free_port(socket.SOCK_DGRAM), timeout=0.6).resync()
+
+
+def _answering(code: str):
+    """A phone that answers every NOTIFY with `code` (100 Trying first)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    s.settimeout(5)
+
+    def run():
+        try:
+            data, addr = s.recvfrom(4096)
+        except OSError:
+            return
+        head = data.decode().split("\r\n")
+        keep = [h for h in head if h.split(":")[0].lower() in ("via", "from", "to", "call-id", "cseq")]
+        for status in ("100 Trying", code):
+            s.sendto(("SIP/2.0 " + status + "\r\n" + "\r\n".join(keep) + "\r\nContent-Length: 0\r\n\r\n").encode(),
+                     addr)
+    threading.Thread(target=run, daemon=True).start()
+    return s
+
+
+def test_sip_notify_refusals(catalog):
+    from provisioner.drivers.sip_notify import SipNotifyDriver
+    with _answering("489 Bad Event") as s:
+        with pytest.raises(ActionFailed, match="refused to fetch its configuration: 489 Bad Event"):
+            SipNotifyDriver(catalog.get("yealink"), "127.0.0.1", s.getsockname()[1], timeout=3).resync()
+    with _answering("401 Unauthorized") as s:
+        with pytest.raises(AuthenticationFailed, match="asked for authentication"):
+            SipNotifyDriver(catalog.get("yealink"), "127.0.0.1", s.getsockname()[1], timeout=3).reboot()
+
+
+# ---- the interface -------------------------------------------------------------------------------------
+
+def test_get_driver_and_capabilities():
+    assert get_driver("fritzbox").__name__ == "FritzBoxDriver"
+    assert {"trunk", "registrar", "config_password", "factory_reset"} <= get_driver("fritzbox").capabilities
+    assert {"push", "read_back", "admin_password"} <= get_driver("ssh_router").capabilities
+    assert get_driver("sip_notify").capabilities == {"resync", "reboot", "factory_reset"}
+    for name in ("fritzbox", "ssh_router", "sip_notify"):
+        assert issubclass(get_driver(name), Driver)
+    with pytest.raises(KeyError, match="unknown driver 'junos'"):
+        get_driver("junos")
+
+
+def test_a_driver_says_what_it_cannot_do():
+    class Minimal(Driver):
+        name = "minimal"
+
+        def facts(self):
+            return {}
+    d = Minimal()
+    for call in (lambda: d.push({}), d.read_back, d.reboot, d.factory_reset, d.resync, lambda: d.compare({})):
+        with pytest.raises(NotSupported, match="minimal cannot"):
+            call()
+
+
+class _Hash(Verifier):
+    def __init__(self, value):
+        self.value = value
+
+    def matches(self, secret):
+        return secret.reveal() == self.value
+
+
+def test_compare_states_masks_and_classifies():
+    expected = {"a": "1", "pw": Secret("s3cret-value"), "h": Secret("other-value"), "wo": Secret("x-value"),
+                "gone": "here"}
+    actual = {"a": "2", "pw": "s3cret-value", "h": _Hash("nope"), "wo": WRITE_ONLY, "mine[1].x": "v",
+              "mine[1].y": "w", "theirs": "z"}
+    drift = {d.key: d for d in compare_states(expected, actual, owned=lambda k: k.startswith("mine"))}
+    assert set(drift) == {"a", "h", "wo", "gone", "mine[1]"}
+    assert (drift["a"].kind, drift["a"].expected, drift["a"].actual) == ("differs", "1", "2")
+    assert (drift["h"].kind, drift["h"].expected, drift["h"].actual) == ("differs", MASK, "hash")
+    assert drift["wo"].kind == "unverifiable" and not drift["wo"].counts
+    assert drift["gone"].kind == "missing" and drift["mine[1]"].kind == "unexpected"
+    assert "s3cret" not in repr(list(drift.values())) and show(Secret("x")) == MASK
+
+
+def test_crypt_hashes_match_openssl():
+    need("openssl")
+    for alg, prefix in (("-1", "$1$"), ("-5", "$5$"), ("-6", "$6$")):
+        for pw in ("a", "Password-With-24-chars!!", "x" * 70):
+            h = subprocess.run(["openssl", "passwd", alg, "-stdin"], input=pw, capture_output=True, text=True,
+                               check=True, timeout=10).stdout.strip()
+            assert h.startswith(prefix) and unixcrypt.verify(pw, h) and not unixcrypt.verify(pw + "x", h)
+            assert ShadowHash(h).matches(Secret(pw))
+    assert not unixcrypt.verify("", "!") and not unixcrypt.verify("x", "") and ShadowHash("!").describe() == \
+        "locked account"
+
+
+def test_uci_quote_and_parse():
+    text = "config system\n\toption hostname " + uci_quote("it's") + "\n\tlist server " + uci_quote("a b") + "\n"
+    sections = parse_uci(text)
+    assert sections == [{"type": "system", "name": None, "options": {"hostname": "it's"}, "lists": {"server": ["a b"]}}]
+    with pytest.raises(ValueError, match="control character"):
+        uci_quote("a\nb")
+    with pytest.raises(ValueError, match="line 2"):
+        parse_uci("config x\nhostname foo\n")
+
+
+def test_tls_pins_file(tmp_path):
+    pins = TlsPins(tmp_path)
+    assert pins.get("10.0.0.1", 49443) is None
+    pins.set("10.0.0.1", 49443, "AB" * 32)
+    pins.set("fe80::1", 49443, "cd" * 32)
+    assert TlsPins(tmp_path).get("10.0.0.1", 49443) == "ab" * 32
+    assert "[fe80::1]:49443" in (tmp_path / "routers" / "tls_pins").read_text()
+    assert oct((tmp_path / "routers" / "tls_pins").stat().st_mode & 0o777) == "0o600"
+    assert pins.forget("10.0.0.1", 49443) and not pins.forget("10.0.0.1", 49443)
+
+
+def test_driver_objects_hold_no_plaintext_in_reprs(tmp_path):
+    from provisioner.drivers.fritzbox import FritzBoxDriver
+    from provisioner.drivers.ssh_router import SshRouterDriver
+    pw = Secret("Plain-Text-Password-42")
+    for d in (FritzBoxDriver("127.0.0.1", "u", [pw], home=tmp_path),
+              SshRouterDriver("127.0.0.1", "u", [pw], home=tmp_path)):
+        assert "Plain-Text" not in repr(vars(d)) and "Plain-Text" not in str(d)
+    assert os.environ.get("FRITZ_PASSWORD") is None  # fritzconnection would read it: the driver never sets it
+    assert re.match(r"^Secret\(\*+\)$", repr(pw))
+    assert Path(REPO / "tests" / "tr064_box.py").exists()

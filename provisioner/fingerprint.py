@@ -1,9 +1,11 @@
-"""The ONE place discovery turns evidence into (vendor, model, firmware, MAC, score, reasons).
+"""Fingerprinting: evidence a device gives away -> (vendor, model, firmware, MAC, score, reasons).
 
-When provisioner/fingerprint.py exists (written alongside; its API may still change), it is used through
-`_fingerprint()` below and nothing else in discovery imports it. Until then, or if its API does not fit,
-identification uses the vendor catalog directly (User-Agent patterns, file names, OUIs, model names) plus
-a few well-known facts that have no vendor profile yet (SNMP enterprise numbers, OUIs of vendors.md).
+One place for every source: a provisioning request (file name, User-Agent), an SNMP sysDescr/sysObjectID,
+a SIP PnP SUBSCRIBE, a UPnP description, mDNS names, an OUI. The vendor facts come from the catalog
+(vendors/*.yaml: User-Agent patterns, file names, OUIs, model names) plus a few well-known facts that
+have no vendor profile (SNMP enterprise numbers). Each vote carries its reason, so `discover` and
+`explain` can say why; evidence that contradicts itself (a User-Agent MAC that is not the file's MAC)
+is listed in `conflicts`, because that is what an impostor or a wrong inventory entry looks like.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class Identity:
     kind: str | None = None  # phone | dect | ata | conference | router
     score: float = 0.0
     reasons: list[str] = field(default_factory=list)
+    conflicts: list[str] = field(default_factory=list)  # evidence that contradicts itself
 
 
 # SNMP private enterprise numbers (IANA) -> vendor name; 8072/2021 are net-snmp (any Linux box).
@@ -108,7 +111,20 @@ def _words_vendor(text: str) -> str | None:
     for key, vendor in VENDOR_WORDS.items():
         if "!" in key and key in low:
             return vendor
+    for w in _WORD.findall(low):  # "snomD785/10.1.169.16": a vendor word glued to a model
+        for key in PREFIX_WORDS:
+            if w.startswith(key) and w[len(key):len(key) + 1].isalnum():
+                return VENDOR_WORDS[key]
     return None
+
+
+PREFIX_WORDS = ("snom", "yealink", "grandstream", "polycom", "fanvil", "gigaset")
+_SQUASH = re.compile(r"[^a-z0-9+]")
+
+
+def _key_of(keys: dict[str, str], raw: str) -> str | None:
+    """The profile's model key for "VVX_400", "vvx400", "VVX-400": case and separators do not count."""
+    return keys.get(_SQUASH.sub("", raw.lower()))
 
 
 def _oui_vendors(catalog: Catalog, mac: str) -> list[str]:
@@ -130,10 +146,10 @@ def match_model(catalog: Catalog, vendor: str | None, raw: str | None) -> str | 
     cands += [re.sub(r"^SIP[- ]", "", c, flags=re.I) for c in list(cands)]
     prof = catalog.vendors.get(vendor or "") or catalog.routers.get(vendor or "")
     if prof is not None:
-        keys = {k.lower(): k for k in prof.models}
+        keys = {_SQUASH.sub("", k.lower()): k for k in prof.models}
         for c in cands:
-            if c.lower() in keys:
-                return keys[c.lower()]
+            if _key_of(keys, c):
+                return _key_of(keys, c)
     return cands[-1] or raw
 
 
@@ -141,12 +157,12 @@ def _model_in_texts(catalog: Catalog, vendor: str | None, texts: list[str]) -> s
     prof = catalog.vendors.get(vendor or "") or catalog.routers.get(vendor or "")
     if prof is None:
         return None
-    keys = {k.lower(): k for k in prof.models}
+    keys = {_SQUASH.sub("", k.lower()): k for k in prof.models}
     for t in texts:
         for tok in re.findall(r"[A-Za-z0-9+]+", t):
-            for c in (tok, re.sub(r"^sip", "", tok, flags=re.I)):
-                if c.lower() in keys:
-                    return keys[c.lower()]
+            for c in (tok, re.sub(r"^sip", "", tok, flags=re.I), re.sub(rf"^{re.escape(vendor or '')}", "", tok, flags=re.I)):
+                if _key_of(keys, c):
+                    return _key_of(keys, c)
     return None
 
 
@@ -184,12 +200,20 @@ def _catalog_identify(catalog: Catalog, ev: Evidence) -> Identity:
             mac = mac or info.mac
     if ev.filename:
         per_dev = [m for m in catalog.match_file(ev.filename) if m.mac]
-        if len({m.vendor.name for m in per_dev}) == 1:
-            vote(per_dev[0].vendor.name, 0.6, f"asked for {ev.filename} ({per_dev[0].vendor.name} file name)")
+        names = sorted({m.vendor.name for m in per_dev})
+        if len(names) == 1:
+            vote(names[0], 0.6, f"asked for {ev.filename} ({names[0]} file name)")
+        elif names:  # "<mac>.cfg" is Yealink's, Fanvil's, Polycom's…: the file alone decides nothing
+            why.setdefault("", []).append(f"asked for {ev.filename} (a file name {'/'.join(names)} all use)")
+        if per_dev:
             mac = mac or per_dev[0].mac
     if ev.pnp_vendor or ev.pnp_model:
-        pv = _canonical_vendor(catalog, ev.pnp_vendor) or _words_vendor(ev.user_agent or "")
-        vote(pv, 0.8, f"SIP PnP SUBSCRIBE says vendor={ev.pnp_vendor!r} model={ev.pnp_model!r}")
+        pv = _canonical_vendor(catalog, ev.pnp_vendor)
+        if pv:
+            vote(pv, 0.8, f"SIP PnP SUBSCRIBE says vendor={ev.pnp_vendor!r} model={ev.pnp_model!r}")
+        else:  # Snom and Gigaset say vendor="OEM": their User-Agent names them
+            pv = _words_vendor(ev.user_agent or "")
+            vote(pv, 0.8, f"SIP PnP SUBSCRIBE (vendor={ev.pnp_vendor!r}) with User-Agent {ev.user_agent!r} naming {pv}")
         firmware = firmware or ev.pnp_version
     if ev.sys_object_id:
         m = re.match(r"^\.?1\.3\.6\.1\.4\.1\.(\d+)", ev.sys_object_id)
@@ -220,59 +244,62 @@ def _catalog_identify(catalog: Catalog, ev: Evidence) -> Identity:
             vote(v, 0.4, f"OUI {mac[:2]}:{mac[2:4]}:{mac[4:6]} belongs to {v}")
 
     ident = Identity(mac=mac, firmware=firmware)
-    ident.reasons = list(why.get("", []))
+    neutral = list(why.get("", []))  # facts that name no vendor
     if not votes:
+        ident.reasons = neutral
         return ident
     vendor = max(votes, key=lambda v: votes[v])
     ident.vendor = vendor
     ident.score = round(min(1.0, votes[vendor]), 2)
-    ident.reasons += why[vendor]
+    ident.reasons = why[vendor] + neutral
     for other in votes:
         if other != vendor:
             ident.reasons.append(f"but {'; '.join(why[other])}")
-    if ev.pnp_model and (ev.pnp_vendor is None or _canonical_vendor(catalog, ev.pnp_vendor) in (vendor, None)):
+    if (ev.pnp_model and ev.pnp_model.strip().upper() != "OEM"
+            and (ev.pnp_vendor is None or _canonical_vendor(catalog, ev.pnp_vendor) in (vendor, None))):
         model = model or match_model(catalog, vendor, ev.pnp_model)
     if ev.model_name:
         model = model or ev.model_name
-    model = model or _model_in_texts(catalog, vendor, ev.texts)
+    model = model or _model_in_texts(catalog, vendor, ev.texts + ([ev.user_agent] if ev.user_agent else []))
     ident.model = match_model(catalog, vendor, model) if model else None
     ident.kind = _kind(catalog, vendor, ident.model)
     return ident
 
 
-def _fingerprint(catalog: Catalog, ev: Evidence) -> Identity | None:
-    """provisioner.fingerprint when it exists and fits; None otherwise (the catalog path is used)."""
-    try:
-        from provisioner import fingerprint  # noqa: F401  (written by another engineer, may be absent)
-    except ImportError:
-        return None
-    fn = getattr(fingerprint, "identify", None)
-    if fn is None:
-        return None
-    try:
-        res = fn(catalog, **{k: v for k, v in vars(ev).items() if v not in (None, [])})
-    except TypeError:
-        log.debug("provisioner.fingerprint.identify has another signature; using the catalog", exc_info=True)
-        return None
-    except Exception:
-        log.warning("fingerprint failed; using the catalog", exc_info=True)
-        return None
-    if res is None:
-        return None
-    return Identity(vendor=getattr(res, "vendor", None), model=getattr(res, "model", None),
-                    firmware=getattr(res, "firmware", None), mac=getattr(res, "mac", None),
-                    kind=getattr(res, "kind", None), score=float(getattr(res, "score", 0.0) or 0.0),
-                    reasons=list(getattr(res, "reasons", []) or []))
-
-
 def identify(catalog: Catalog, ev: Evidence) -> Identity:
-    fp = _fingerprint(catalog, ev)
-    base = _catalog_identify(catalog, ev)
-    if fp is None or fp.vendor is None:
-        return base
-    # the fingerprint module decides; our own facts fill what it left out
-    fp.mac = fp.mac or base.mac
-    fp.model = fp.model or base.model
-    fp.firmware = fp.firmware or base.firmware
-    fp.kind = fp.kind or _kind(catalog, fp.vendor, fp.model) or base.kind
-    return fp
+    ident = _catalog_identify(catalog, ev)
+    ident.conflicts = _conflicts(catalog, ev)
+    return ident
+
+
+def _conflicts(catalog: Catalog, ev: Evidence) -> list[str]:
+    """What the evidence says twice, differently: MACs, and vendors named by different sources."""
+    found: list[str] = []
+    macs: dict[str, str] = {}
+
+    def see_mac(raw: str | None, source: str) -> None:
+        if not raw:
+            return
+        try:
+            macs.setdefault(normalize_mac(raw), source)
+        except ValueError:
+            found.append(f"{source} carries {raw!r}, not a MAC address")
+
+    see_mac(ev.mac, "the source MAC")
+    ua = catalog.parse_user_agent(ev.user_agent)
+    per_dev = [m for m in catalog.match_file(ev.filename)] if ev.filename else []
+    per_dev = [m for m in per_dev if m.mac]
+    if per_dev:
+        see_mac(per_dev[0].mac, f"the file name {ev.filename}")
+    if ua is not None:
+        see_mac(ua.mac, "the User-Agent")
+    if len(macs) > 1:
+        found.append("different MACs: " + ", ".join(f"{src} says {m}" for m, src in macs.items()))
+    if ua is not None and per_dev and ua.vendor not in {m.vendor.name for m in per_dev}:
+        found.append(f"the User-Agent is {ua.vendor}'s, the file name is "
+                     f"{'/'.join(sorted({m.vendor.name for m in per_dev}))}'s")
+    if ua is not None and ev.pnp_vendor:
+        pv = _canonical_vendor(catalog, ev.pnp_vendor)
+        if pv and pv != ua.vendor:
+            found.append(f"SIP PnP says vendor {ev.pnp_vendor!r}, the User-Agent is {ua.vendor}'s")
+    return found

@@ -25,7 +25,7 @@ def seed(home: Home, observations: list) -> None:
 
 def pnp(mac: str, ip: str, vendor: str, model: str, version: str, ua: str | None = None):
     from provisioner.discovery import Observation
-    from provisioner.discovery.identify import Evidence
+    from provisioner.fingerprint import Evidence
     return Observation("sip-pnp", ip=ip, mac=mac,
                        evidence=Evidence(mac=mac, user_agent=ua, pnp_vendor=vendor, pnp_model=model,
                                          pnp_version=version),
@@ -34,20 +34,20 @@ def pnp(mac: str, ip: str, vendor: str, model: str, version: str, ua: str | None
 
 def snmp(mac: str, ip: str, descr: str, oid: str = "1.3.6.1.4.1.8072.3.2.10"):
     from provisioner.discovery import Observation
-    from provisioner.discovery.identify import Evidence
+    from provisioner.fingerprint import Evidence
     return Observation("snmp", ip=ip, mac=mac, evidence=Evidence(mac=mac, sys_descr=descr, sys_object_id=oid))
 
 
 def ssdp(mac: str, ip: str):
     from provisioner.discovery import Observation
-    from provisioner.discovery.identify import Evidence
+    from provisioner.fingerprint import Evidence
     return Observation("ssdp", ip=ip, mac=mac, evidence=Evidence(mac=mac, manufacturer="AVM",
                                                                   model_name="FRITZ!Box 7530", firmware="164.08.02"))
 
 
 def mdns(mac: str, ip: str, name: str):
     from provisioner.discovery import Observation
-    from provisioner.discovery.identify import Evidence
+    from provisioner.fingerprint import Evidence
     return Observation("mdns", ip=ip, mac=mac, evidence=Evidence(mac=mac, texts=[name]))
 
 

@@ -299,7 +299,7 @@ def test_discover_input_errors(shop: Home):
 
 def test_identify_and_merge():
     from provisioner.discovery import Observation, merge
-    from provisioner.discovery.identify import Evidence
+    from provisioner.fingerprint import Evidence
     from provisioner.runtime import vendors_dir
     from provisioner.vendors import load_catalog
     cat = load_catalog(vendors_dir())

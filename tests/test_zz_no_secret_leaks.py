@@ -69,6 +69,9 @@ def test_no_generated_secret_anywhere(home: Home, tmp_path: Path, capture_dir: P
     secrets: set[str] = set()
     for h in homes:
         secrets |= _secrets_of(h)
+    # a 4-digit handset PIN (Gigaset) matches some bytes of any database or timestamp by chance:
+    # only secrets long enough for a match to mean a leak are looked for
+    secrets = {s for s in secrets if len(s) >= 8}
     assert len(secrets) >= 20, "the flow must have generated secrets to look for"
     files = _scanned_files(base, capture_dir, homes)
     names = {p.name for p in files}

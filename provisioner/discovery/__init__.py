@@ -1,6 +1,6 @@
 """Discovery: what is on the site's LAN, found by mDNS, SNMP, SIP PnP, SSDP and the server's own logs.
 
-    probes (concurrent, asyncio) -> Observation (one per finding) -> identify (identify.py)
+    probes (concurrent, asyncio) -> Observation (one per finding) -> identify (provisioner/fingerprint.py)
         -> ARP fills missing MACs -> merge by MAC (else IP) -> Discovered rows -> table / JSON
         -> observations table (so `adopt MAC` knows the vendor and model later)
 
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from provisioner.discovery.config import DiscoveryConfig, SnmpCredentials
-from provisioner.discovery.identify import Evidence, identify
+from provisioner.fingerprint import Evidence, identify
 
 log = logging.getLogger("provisioner.discovery")
 

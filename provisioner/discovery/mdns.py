@@ -14,7 +14,7 @@ import logging
 import time
 
 from provisioner.discovery import Context, Observation, Options, Report
-from provisioner.discovery.identify import Evidence
+from provisioner.fingerprint import Evidence
 
 log = logging.getLogger("provisioner.discovery.mdns")
 

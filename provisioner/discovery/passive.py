@@ -13,7 +13,7 @@ import datetime as dt
 import sqlalchemy as sa
 
 from provisioner.discovery import Context, Observation, Options, Report, utcnow
-from provisioner.discovery.identify import Evidence
+from provisioner.fingerprint import Evidence
 
 MAX_EVENTS = 20000
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from provisioner.discovery import Context, Observation, Options, Report, local_ipv4
-from provisioner.discovery.identify import Evidence
+from provisioner.fingerprint import Evidence
 from provisioner.macaddr import normalize_mac
 
 log = logging.getLogger("provisioner.discovery.sip_pnp")

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from provisioner.discovery import FACTORY_COMMUNITIES, Context, Observation, Options, Report, local_ipv4
 from provisioner.discovery.config import SnmpCredentials, V3User
-from provisioner.discovery.identify import Evidence
+from provisioner.fingerprint import Evidence
 
 log = logging.getLogger("provisioner.discovery.snmp")
 

@@ -17,7 +17,7 @@ import xml.etree.ElementTree as ET
 from urllib.parse import urlsplit, urlunsplit
 
 from provisioner.discovery import Context, Observation, Options, Report, local_ipv4
-from provisioner.discovery.identify import Evidence
+from provisioner.fingerprint import Evidence
 from provisioner.macaddr import normalize_mac
 
 log = logging.getLogger("provisioner.discovery.ssdp")

@@ -229,7 +229,11 @@ class Pipeline:
             dev = inv.device(m.mac)
             if dev is not None and dev.vendor == m.vendor.name:
                 return None, m, dev
-        return None, per_device[0], None
+        # an unknown MAC: several vendors may ask for "<mac>.cfg"; the User-Agent, then the OUI, decide
+        ua = self.catalog.parse_user_agent(req.user_agent)
+        by_ua = [m for m in per_device if ua and m.vendor.name == ua.vendor]
+        by_oui = [m for m in per_device if m.mac[:6] in m.vendor.ouis]
+        return None, (by_ua or by_oui or per_device)[0], None
 
     def _ua_problem(self, vendor: VendorProfile, mac: str, ua: str | None) -> str | None:
         info = self.catalog.parse_user_agent(ua)

@@ -267,7 +267,7 @@ class ResolvedRegistrar:
     db: str | None = None  # kamailio: SQLite file or PostgreSQL URL (relative paths: from the inventory)
     db_password_env: str | None = None
     include_file: str | None = None  # asterisk: the PJSIP include file provisioner writes
-    reload_command: tuple[str, ...] | None = None  # asterisk: run after the include file changed
+    reload_command: tuple[str, ...] | None = None  # run after the include file / ACL table changed
     context: str | None = None  # asterisk: dialplan context of the endpoints
     router: str | None = None  # fritzbox: MAC of the routers: entry the phones register on
 

@@ -472,3 +472,51 @@ def test_registrar_down_the_phone_keeps_what_works(home: Home, tmp_path):
         if srv:
             srv.stop()
         k.stop()
+
+
+def test_site_networks_become_the_registrars_access_list(home: Home, tmp_path):
+    """`registrar sync` writes the site's networks to Kamailio's permissions table and reloads it: a
+    REGISTER with the right password from outside the site's networks is refused; rows that another
+    tool keeps in the same table are left alone."""
+    peers()
+    k = start_kamailio(tmp_path / "kamailio", DOMAIN, acl=True)
+    reload = ["kamcmd", "-s", f"unix:{k.dir / 'ctl.sock'}", "permissions.addressReload"]
+    try:
+        home.inventory.write_text(kamailio_inventory(home.inventory.read_text(), k,
+                                                     extra=f", reload_command: {json.dumps(reload)}"))
+        r = home.cli("registrar", "sync", check=True)
+        assert "exported (127.0.0.0/8, 192.168.50.0/24; sites lab)" in r.stderr
+
+        def acl_rows():
+            with closing(sqlite3.connect(k.db)) as c:
+                return set(c.execute("SELECT grp, ip_addr, mask, tag FROM address"))
+        assert acl_rows() == {(1, "127.0.0.0", 8, "provisioner:lab"), (1, "192.168.50.0", 24, "provisioner:lab")}
+        sip = _store(home).store.credentials(MAC)["sip:101"]
+        assert registers(k, "101", sip)
+
+        with closing(sqlite3.connect(k.db)) as c, c:
+            c.execute("INSERT INTO address (grp, ip_addr, mask, port, tag) VALUES (2, '10.99.0.0', 16, 0, 'office')")
+        # the site's phones now live in 10.20.0.0/16 only: this source is outside it
+        home.inventory.write_text(home.inventory.read_text().replace(
+            "networks: [127.0.0.0/8, 192.168.50.0/24]", "networks: [10.20.0.0/16]"))
+        r = home.cli("registrar", "sync", check=True)
+        assert "exported (10.20.0.0/16; sites lab)" in r.stderr
+        assert acl_rows() == {(1, "10.20.0.0", 16, "provisioner:lab"), (2, "10.99.0.0", 16, "office")}
+        assert not registers(k, "101", sip)  # 403 at once: the password is not even looked at
+        assert "outside the sites' networks" in (k.dir / "kamailio.log").read_text()
+        assert "unchanged" in home.cli("registrar", "sync", check=True).stderr
+    finally:
+        k.stop()
+
+
+def test_asterisk_access_list_permits_only_site_contacts(tmp_path):
+    reg = AsteriskRegistrar(tmp_path / "pjsip_provisioner.conf", DOMAIN)
+    assert reg.set_acl({"lab": ["192.168.50.0/24", "127.0.0.0/8"], "shop": ["10.1.0.0/16"]}) is True
+    text = (tmp_path / "pjsip_provisioner.conf").read_text()
+    section = text[text.index("[provisioner-site-networks]"):]
+    assert "type = acl\ncontact_deny = 0.0.0.0/0.0.0.0\n" in section
+    assert [ln for ln in section.splitlines() if ln.startswith("contact_permit")] == [
+        "contact_permit = 10.1.0.0/255.255.0.0", "contact_permit = 127.0.0.0/255.0.0.0",
+        "contact_permit = 192.168.50.0/255.255.255.0"]
+    assert reg.set_acl({"lab": ["127.0.0.0/8", "192.168.50.0/24"], "shop": ["10.1.0.0/16"]}) is False
+    assert reg.list() == []  # the access list is not an account

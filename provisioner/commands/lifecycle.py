@@ -182,8 +182,13 @@ def registrar():
 def registrar_sync(rt, as_json):
     """Bring every registrar in line with the credentials the devices hold (repairs writes and switches
     that were cut short); exit 1 if a registrar could not be written."""
+    from provisioner.registrar import acl
     ops.sync_inventory(rt, actor())
     rep = ops.reconcile(rt, actor=actor())
+    acls = acl.export(rt, actor())
+    for a in acls:  # on stderr: --json's stdout stays the list of device repairs
+        err.print(f"access list of {a.registrar}: {a.outcome} ({', '.join(a.networks) or 'no network'}; "
+                  f"sites {', '.join(a.sites)})", markup=False, highlight=False)
     rows = [asdict(r) for r in rep.repairs]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -196,7 +201,7 @@ def registrar_sync(rt, as_json):
         for r in rows:
             t.add_row(r["mac"], r["action"], r["detail"])
         out.print(t)
-    if rep.failed:
+    if rep.failed or any(a.outcome.startswith("failed") for a in acls):
         sys.exit(1)
 
 

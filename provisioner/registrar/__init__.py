@@ -72,6 +72,11 @@ class Registrar(ABC):
         """Remove accounts by SIP user name (lines that left the inventory, decommissioned devices)."""
         raise RegistrarError(f"the {self.kind} registrar cannot remove accounts by name")
 
+    def set_acl(self, networks_by_site: Mapping[str, list[str]]) -> bool | None:
+        """Let REGISTERs in only from these networks (registrar/acl.py); True changed, False unchanged,
+        None: this registrar has no access list."""
+        return None
+
     def holds(self, dev: ResolvedDevice, line_secrets: Mapping[str, Secret]) -> bool | None:
         """Whether the registrar accepts exactly these passwords for the device's lines (None: cannot tell)."""
         return None

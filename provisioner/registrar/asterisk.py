@@ -18,6 +18,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import hmac
+import ipaddress
 import os
 import re
 import subprocess
@@ -36,6 +37,8 @@ END = "; <<< device "
 _NAME = re.compile(r"[A-Za-z0-9._+-]{1,64}\Z")
 _DOMAIN = re.compile(r"[A-Za-z0-9.-]{1,253}\Z")
 RELOAD_TIMEOUT = 30.0
+ACL_BLOCK = "site-networks"  # the block of the access list (device blocks are named by MAC)
+ACL_SECTION = "provisioner-site-networks"
 
 
 def md5_cred(user: str, realm: str, password: Secret) -> str:
@@ -196,6 +199,22 @@ class AsteriskRegistrar(Registrar):
                     if not blocks[mac].strip():
                         del blocks[mac]
         self._change(apply)
+
+    def set_acl(self, networks_by_site: Mapping[str, list[str]]) -> bool:
+        """A `type = acl` section: REGISTERs whose Contact is outside the sites' networks are refused
+        (contact_* acts on REGISTER only: trunks and other inbound SIP are not affected)."""
+        nets = sorted({ipaddress.ip_network(n) for ns in networks_by_site.values() for n in ns},
+                      key=lambda n: (n.version, int(n.network_address), n.prefixlen))
+        body = (f"; sites: {', '.join(sorted(networks_by_site))}\n[{ACL_SECTION}]\ntype = acl\n"
+                "contact_deny = 0.0.0.0/0.0.0.0\n" + ("contact_deny = ::/0\n" if any(n.version == 6 for n in nets) else "")
+                + "".join(f"contact_permit = {n.network_address}/{n.netmask}\n" for n in nets) + "\n")
+        changed = []
+
+        def apply(blocks: dict[str, str]) -> None:
+            changed.append(blocks.get(ACL_BLOCK) != body)
+            blocks[ACL_BLOCK] = body
+        self._change(apply)
+        return changed[0]
 
     def list(self) -> list[dict]:
         with self._locked():

@@ -12,15 +12,21 @@ inventory.yaml (site or defaults):
     registrar: {kind: kamailio, ..., db: postgresql://kamailio@db.example.net/kamailio,
                 db_password_env: KAMAILIO_DB_PASSWORD}        # the password only in the environment
 Without `db`, the environment variable PROVISIONER_KAMAILIO_DB gives it.
+
+The sites' networks go to the `address` table of the permissions module (registrar/acl.py); Kamailio
+caches that table, so give `reload_command: [kamcmd, -s, unix:/run/kamailio/kamailio_ctl,
+permissions.addressReload]` for a change to apply without a restart.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import logging
 import os
 import re
+import subprocess
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -71,8 +77,10 @@ def database_url(db: str | None, password_env: str | None, base: Path) -> tuple[
 class KamailioRegistrar(Registrar):
     kind = "kamailio"
 
-    def __init__(self, url: str, label: str, domain: str):
+    def __init__(self, url: str, label: str, domain: str, reload_command: tuple[str, ...] | None = None):
         self.domain = domain
+        # run after the address table changed, e.g. kamcmd … permissions.addressReload (Kamailio caches it)
+        self.reload_command = tuple(reload_command or ())
         self._label = label
         self._sqlite = url.startswith("sqlite")
         if self._sqlite:
@@ -91,7 +99,7 @@ class KamailioRegistrar(Registrar):
     @classmethod
     def from_settings(cls, reg: ResolvedRegistrar, base: Path) -> "KamailioRegistrar":
         url, label = database_url(reg.db, reg.db_password_env, base)
-        return cls(url, label, reg.domain)
+        return cls(url, label, reg.domain, reg.reload_command)
 
     def __repr__(self) -> str:
         return f"KamailioRegistrar({self._label}, domain={self.domain})"
@@ -154,6 +162,48 @@ class KamailioRegistrar(Registrar):
             q = sa.text("DELETE FROM subscriber WHERE domain = :d AND username IN :users").bindparams(
                 sa.bindparam("users", expanding=True))
             self._run("remove subscribers", lambda c: c.execute(q, {"d": self.domain, "users": users}))
+
+    def set_acl(self, networks_by_site: Mapping[str, list[str]]) -> bool:
+        """The `address` rows tagged provisioner:<site> in group 1 become exactly these networks."""
+        from provisioner.registrar.acl import ACL_GROUP, TAG
+        want = sorted({(str(ipaddress.ip_network(n).network_address), ipaddress.ip_network(n).prefixlen,
+                        f"{TAG}:{site}"[:64]) for site, nets in networks_by_site.items() for n in nets})
+
+        def apply(c) -> bool:
+            if not sa.inspect(c).has_table("address"):
+                raise RegistrarError(f"{self.label}: no address table (create Kamailio's permissions schema)")
+            mine = "grp = :g AND (tag = :t OR tag LIKE :tl)"
+            args = {"g": ACL_GROUP, "t": TAG, "tl": f"{TAG}:%"}
+            have = sorted((r.ip_addr, r.mask, r.tag) for r in c.execute(
+                sa.text(f"SELECT ip_addr, mask, tag FROM address WHERE {mine}"), args))
+            if have == want:
+                return False
+            c.execute(sa.text(f"DELETE FROM address WHERE {mine}"), args)
+            if want:
+                c.execute(sa.text("INSERT INTO address (grp, ip_addr, mask, port, tag) VALUES (:g, :ip, :m, 0, :tag)"),
+                          [{"g": ACL_GROUP, "ip": ip, "m": m, "tag": tag} for ip, m, tag in want])
+            return True
+
+        changed = self._run("write the address table", apply)
+        if changed:
+            self._reload()
+        return changed
+
+    def _reload(self) -> None:
+        if not self.reload_command:
+            log.warning("%s: address table changed; Kamailio reads it at start-up or on permissions.addressReload "
+                        "(give the registrar a reload_command)", self.label)
+            return
+        try:
+            r = subprocess.run(list(self.reload_command), capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise RegistrarError(f"{self.label}: reload command {self.reload_command[0]!r} failed: "
+                                 f"{type(e).__name__}") from None
+        # kamcmd exits 0 when the RPC itself answers an error ("error: 500 - ongoing reload")
+        if r.returncode != 0 or (r.stdout or "").lstrip().lower().startswith("error"):
+            first = (r.stderr or r.stdout or "").strip().splitlines()[:1]
+            raise RegistrarError(f"{self.label}: reload command exited {r.returncode}"
+                                 + (f": {first[0][:160]}" if first else ""))
 
     # ---- reads -------------------------------------------------------------------------------------
     def list(self) -> list[dict]:

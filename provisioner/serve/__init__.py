@@ -15,6 +15,7 @@ from provisioner.errors import InputError
 from provisioner.inventory import load_inventory
 from provisioner.yamlsrc import ProblemsError
 from provisioner.operations import reconcile, sync_inventory
+from provisioner.registrar.acl import export as export_acls
 from provisioner.runtime import Runtime
 from provisioner.serve.digest import DigestAuth
 from provisioner.serve.https import create_app
@@ -127,6 +128,9 @@ def run(rt: Runtime, https: str, tftp: str | None, echo=print, sip_pnp: list[str
     inv = rt.inventory
     result = sync_inventory(rt, actor="serve")
     reconcile(rt, actor="serve")  # registrars hold what the devices hold: repairs a switch cut short by a crash
+    for a in export_acls(rt, actor="serve"):  # the sites' networks, as the registrars' access lists
+        if a.outcome.startswith("failed"):
+            log.warning("access list of %s not exported: %s", a.registrar, a.outcome)
     names = server_names(rt, https_host)
     if api_addr and api_addr[0] not in ("0.0.0.0", "::"):
         names.add(api_addr[0])

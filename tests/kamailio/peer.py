@@ -76,7 +76,7 @@ def create_db(db: Path) -> None:
         c.execute("PRAGMA journal_mode=WAL")  # Kamailio's reads never hit "database is locked" while we write
 
 
-def start_kamailio(workdir: Path, domain: str, location_db: bool = False) -> Kamailio:
+def start_kamailio(workdir: Path, domain: str, location_db: bool = False, acl: bool = False) -> Kamailio:
     workdir.mkdir(parents=True, exist_ok=True)
     db = workdir / "kamailio.sqlite"
     create_db(db)
@@ -86,6 +86,10 @@ def start_kamailio(workdir: Path, domain: str, location_db: bool = False) -> Kam
            "-Y", str(workdir / "run"), "-A", f'DBURL="sqlite://{db}"', "-A", f"LISTEN=udp:127.0.0.1:{port}"]
     if location_db:
         cmd += ["-A", "LOCATION_DB"]
+    if acl:
+        with closing(sqlite3.connect(db)) as c:
+            c.executescript((SCHEMA / "permissions-create.sql").read_text())
+        cmd += ["-A", f'ACL="unix:{workdir / "ctl.sock"}"']
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     log.close()
     k = Kamailio(proc, port, db, workdir, domain)

@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 
 from provisioner import credentials as pw
 from provisioner.desired import credential_names, device_context
-from provisioner.errors import InputError, NotConfirmed, ProvisionerError, UnknownDevice
+from provisioner.errors import InputError, ProvisionerError, UnknownDevice
 from provisioner.inventory import ResolvedDevice, vendor_of
 from provisioner.macaddr import normalize_mac
 from provisioner.registrar import RegistrarError, kill_point, registrar_for

@@ -640,3 +640,36 @@ def forget_key(rt, mac: str, actor: str) -> list[str]:
 
 __all__ = ["push", "status", "survey", "reboot", "reset", "forget_key", "render_files", "PushOutcome",
            "RouterStatus"]
+
+
+# ---- audit ------------------------------------------------------------------------------------------
+
+def audit(rt) -> list[dict]:
+    """Findings for `provisioner audit` (provisioner/audit.py turns them into Finding rows): each router is
+    read back (read only), its drift, reachability and exposure reported. Never a secret: drift values
+    are masked by the drivers."""
+    out: list[dict] = []
+    for s in survey(rt):
+        base = {"device": s.mac, "site": s.site}
+        if s.error:
+            out.append({**base, "type": "unreachable", "severity": "high", "what": "router not read back",
+                        "evidence": s.error[:300], "fix": f"provisioner routers show {s.mac}"})
+            continue
+        drift = [d for d in s.drift if d.counts]
+        if drift:
+            never = any(d.key == "provisioning" for d in drift)
+            out.append({**base, "type": "never-enrolled" if never else "drift", "severity": "high",
+                        "what": "router still on its factory setup" if never else
+                        f"router differs from what was pushed ({len(drift)} item(s))",
+                        "evidence": "; ".join(f"{d.key}: {d.kind}" for d in drift)[:300],
+                        "fix": f"provisioner push {s.mac}"})
+        remote = s.facts.get("remote_access") or {}
+        if str(remote.get("enabled")).lower() in ("1", "true"):
+            out.append({**base, "type": "exposure", "severity": "high", "what": "remote access open to the internet",
+                        "evidence": f"remote access enabled on port {remote.get('port')}",
+                        "fix": "turn off remote access on the router (or restrict it to the operator's network)"})
+        upnp = s.facts.get("upnp") or {}
+        if str(upnp.get("enabled")).lower() in ("1", "true"):
+            out.append({**base, "type": "exposure", "severity": "low", "what": "UPnP port mapping enabled",
+                        "evidence": "UPnP enabled", "fix": "turn off UPnP unless a device needs it"})
+    return out

@@ -2,7 +2,7 @@
 
     10.99.7.0/24, one bridge
     .10  tech      the technician's box: runs `provisioner discover` / `serve --sip-pnp`
-    .1   fritz     a FRITZ!Box: SSDP responder + tr64desc.xml from ../shared/fixtures/fritzbox
+    .1   fritz     a FRITZ!Box: SSDP responder + tr64desc.xml from tests/data/fritzbox
     .2   router    net-snmp snmpd, MikroTik-like (sysObjectID in enterprise 14988), a private community
     .21  phoneagt  net-snmp snmpd, phone-like sysDescr, community public + a v3 user
     .30  mdns      avahi-daemon announcing a web UI
@@ -29,7 +29,7 @@ from conftest import PROVISIONER, REPO, Home, need
 from netns import Site, require_namespaces
 
 DATA = Path(__file__).parent / "data"
-FRITZ = REPO.parent / "shared" / "fixtures" / "fritzbox" / "FRITZBox_7530_164.08.02"
+FRITZ = REPO / "tests" / "data" / "fritzbox" / "FRITZBox_7530_164.08.02"
 PRIVATE_COMMUNITY = "rtr-Comm-9f3k"  # must never appear in any output
 V3 = ("monitor", "auth-Key-7d2q", "priv-Key-4m8w")
 

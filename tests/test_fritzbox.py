@@ -270,6 +270,13 @@ def test_cli_push_and_routers(setup, home):
     env = {LOGIN_ENV: LOGIN}
     r = home.cli("check", env=env)
     assert r.returncode == 0, r.stderr
+
+    def audit_of_the_box() -> set[tuple[str, str]]:
+        r = home.cli("audit", "--json", "-", env=env)
+        assert r.returncode in (0, 3), r.stderr
+        return {(f["type"], f["severity"]) for f in json.loads(r.stdout)["findings"] if f["device"] == MAC}
+    # the nightly audit reads the box back: on its factory setup before the first push
+    assert ("never-enrolled", "high") in audit_of_the_box()
     r = home.cli("push", MAC, "--json", env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     res = json.loads(r.stdout)
@@ -283,8 +290,20 @@ def test_cli_push_and_routers(setup, home):
     r = home.cli("routers", env=env)
     assert r.returncode == 0 and "office box" in r.stdout
     # a pushed router is in the inventory: neither an orphan in the audit nor "not in inventory" in devices
-    r = home.cli("audit", "--json", "-", env=env)
-    assert not [f for f in json.loads(r.stdout)["findings"] if f["type"] == "orphan" and f["device"] == MAC]
+    assert audit_of_the_box() == {("exposure", "low")}  # no drift, no orphan; the test box has UPnP on
+    # reprovision and reset take routers too: new passwords pushed and read back; a reset over TR-064
+    clients = {c["client_id"]: c["password"] for c in box.clients}
+    r = home.cli("reprovision", MAC, "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    again = json.loads(r.stdout)
+    assert again["ok"] and again["generation"] > res["generation"] and "client:101" in again["credentials_changed"]
+    assert all(c["password"] != clients[c["client_id"]] for c in box.clients)
+    r = home.cli("reset", MAC, "--json", env=env)
+    assert r.returncode == 0 and json.loads(r.stdout)["state"] == "reset-pending" and box.resets == 1
+    box.users["provisioner"] = LOGIN  # the technician creates the management user again
+    if box.tls:
+        box.new_certificate()
+    assert home.cli("push", MAC, env=env).returncode == 0
     row = next(d for d in json.loads(home.cli("devices", "--json", env=env, check=True).stdout) if d["mac"] == MAC)
     assert row["in_inventory"] is True
     r = home.cli("push", "80:5e:c0:12:34:56", env=env)

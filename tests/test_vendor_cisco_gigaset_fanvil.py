@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import pytest
 
-from conftest import REPO, Home, start_server
+from conftest import REPO, start_server
 from provisioner.desired import credential_names, device_context
 from provisioner.errors import RenderError
-from provisioner.operations import generate_credentials
 from provisioner.runtime import Runtime
 from provisioner.secret import MASK, Secret
+from vendor_kit import check, distinct, fixtures, parse_with, render
 
 GOLDEN = REPO / "tests" / "golden"
 
@@ -86,15 +84,6 @@ devices:
 CISCO, CISCO_ATA, GIGASET, NX70, FANVIL = ("0002fd123456", "0002fd123457", "7c2f80123456", "7c2f80abcdef",
                                            "0c383e123456")
 ONE_PER_PROFILE = (CISCO, GIGASET, NX70, FANVIL)
-
-
-def check(ok: bool, what: str) -> None:
-    """Assert on a precomputed bool: a failure shows `what`, never a value that may be a secret."""
-    assert ok, what
-
-
-def distinct(secrets: list[Secret]) -> bool:
-    return len({s.reveal() for s in secrets}) == len(secrets)
 
 
 # ---- per-vendor readers: the logical settings out of a parsed file, secrets wrapped at once -----------------
@@ -206,41 +195,13 @@ READERS = {"cisco": ("flat-profile", read_cisco), "gigaset": ("ProviderFrame", r
 
 
 def parse(vendor: str, body: bytes) -> dict:
-    """Well-formed XML with the vendor's root, read into logical settings."""
-    root = ET.fromstring(body)
-    expected, reader = READERS[vendor]
-    assert root.tag == expected, f"{vendor}: root <{root.tag}>, expected <{expected}>"
-    return reader(root)
+    return parse_with(READERS, vendor, body)
 
 
 # ---- fixtures ------------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def inventory(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("cgf-inventory") / "inventory.yaml"
-    path.write_text(INVENTORY)
-    return path
+inventory, rt, cgf_home = fixtures("cgf", INVENTORY)
 
-
-@pytest.fixture(scope="module")
-def rt(inventory, tmp_path_factory) -> Runtime:
-    return Runtime(home=tmp_path_factory.mktemp("cgf-home"), inventory_path=inventory)
-
-
-@pytest.fixture
-def cgf_home(tmp_path, capture_dir, request, inventory) -> Home:
-    inv = tmp_path / "inventory.yaml"
-    shutil.copy(inventory, inv)
-    cap = capture_dir / request.node.name.replace("/", "_")[:80]
-    cap.mkdir(exist_ok=True)
-    return Home(tmp_path / "home", inv, cap)
-
-
-def render(rt: Runtime, mac: str):
-    dev = rt.inventory.device(mac)
-    vendor = rt.catalog.get(dev.vendor)
-    creds = generate_credentials(rt, dev)
-    return dev, vendor, creds, rt.renderer.device_files(device_context(dev, vendor, creds))
 
 
 # ---- profiles and check --------------------------------------------------------------------------------------

@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import pytest
 
-from conftest import REPO, Home, start_server
+from conftest import REPO, start_server
 from provisioner.desired import common_context, credential_names, device_context
-from provisioner.operations import generate_credentials
 from provisioner.runtime import Runtime
 from provisioner.secret import MASK, Secret
+from vendor_kit import check, distinct, fixtures, parse_with, render
 
 GOLDEN = REPO / "tests" / "golden"
 
@@ -88,15 +86,6 @@ SNOM, POLYCOM, IP5000, GXP, GRP = "000413123456", "0004f2123456", "0004f2abcdef"
 ONE_PER_PROFILE = (SNOM, POLYCOM, GXP)
 TRIGGER = {SNOM: f"{SNOM.upper()}.xml", POLYCOM: f"{POLYCOM}-user.cfg", IP5000: f"{IP5000}-user.cfg",
            GXP: f"cfg{GXP}.xml", GRP: f"cfg{GRP}.xml"}
-
-
-def check(ok: bool, what: str) -> None:
-    """Assert on a precomputed bool: a failure shows `what`, never a value that may be a secret."""
-    assert ok, what
-
-
-def distinct(secrets: list[Secret]) -> bool:
-    return len({s.reveal() for s in secrets}) == len(secrets)
 
 
 def _secret(v: str | None) -> Secret | None:
@@ -204,41 +193,13 @@ READERS = {"snom": ("settings", read_snom), "polycom": ("polycomConfig", read_po
 
 
 def parse(vendor: str, body: bytes) -> dict:
-    """Well-formed XML with the vendor's root, read into logical settings."""
-    root = ET.fromstring(body)
-    expected, reader = READERS[vendor]
-    assert root.tag == expected, f"{vendor}: root <{root.tag}>, expected <{expected}>"
-    return reader(root)
+    return parse_with(READERS, vendor, body)
 
 
 # ---- fixtures ------------------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def inventory(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("spg-inventory") / "inventory.yaml"
-    path.write_text(INVENTORY)
-    return path
+inventory, rt, spg_home = fixtures("spg", INVENTORY)
 
-
-@pytest.fixture(scope="module")
-def rt(inventory, tmp_path_factory) -> Runtime:
-    return Runtime(home=tmp_path_factory.mktemp("spg-home"), inventory_path=inventory)
-
-
-@pytest.fixture
-def spg_home(tmp_path, capture_dir, request, inventory) -> Home:
-    inv = tmp_path / "inventory.yaml"
-    shutil.copy(inventory, inv)
-    cap = capture_dir / request.node.name.replace("/", "_")[:80]
-    cap.mkdir(exist_ok=True)
-    return Home(tmp_path / "home", inv, cap)
-
-
-def render(rt: Runtime, mac: str):
-    dev = rt.inventory.device(mac)
-    vendor = rt.catalog.get(dev.vendor)
-    creds = generate_credentials(rt, dev)
-    return dev, vendor, creds, rt.renderer.device_files(device_context(dev, vendor, creds))
 
 
 def fake_context(rt: Runtime, mac: str):

@@ -2,8 +2,8 @@
 
     box = TR064Box("8.02").start()   # or "7.57"; serves on 127.0.0.1 (HTTP + HTTPS, free ports)
 
-- Serves tr64desc.xml and the SCPDs of a real box from ../shared/fixtures/fritzbox/ (FRITZ!Box 7530 on
-  FRITZ!OS 8.02, 7590 on 7.57; gofritz, MIT), with the presentation URL rewritten to this server. The
+- Serves tr64desc.xml and the SCPDs of a real box from tests/data/fritzbox/, a copy of
+  ../shared/fixtures/fritzbox/ (FRITZ!Box 7530 on FRITZ!OS 8.02, 7590 on 7.57; gofritz, MIT), with the presentation URL rewritten to this server. The
   fixtures lack a few WAN SCPDs the description names: those are served as SCPDs without actions, so the
   real fritzconnection client loads the description as from a box. igddesc.xml answers 404 (text/html),
   as fritzconnection expects from a box without it.
@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-FIXTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures" / "fritzbox"
+FIXTURES = Path(__file__).resolve().parent / "data" / "fritzbox"  # copied from ../shared/fixtures/fritzbox (MIT)
 DEV_NS = "urn:dslforum-org:device-1-0"
 SVC_NS = "urn:dslforum-org:service-1-0"
 SOAP_NS = "http://schemas.xmlsoap.org/soap/envelope/"

@@ -56,7 +56,14 @@ def unlock(rt, mac, why, as_json):
 @click.pass_obj
 def reset(rt, mac, why, wait, as_json):
     """Factory-reset workflow: rotate every secret, reopen the enrolment window, reset the device remotely
-    where its vendor allows it, otherwise print how to reset it by hand."""
+    where its vendor allows it, otherwise print how to reset it by hand. A router is reset over its
+    management interface (TR-064, SSH) and re-enrolled by the next `push`."""
+    from provisioner.cli import _router_mac
+    router = _router_mac(rt, mac)
+    if router:
+        from provisioner.commands.routers import reset_cmd
+        return click.get_current_context().invoke(reset_cmd, mac=router, confirm_timeout=None, assume_yes=True,
+                                                  as_json=as_json)
     res = ops.reset(rt, mac, actor(), why)
     if not as_json:
         _show(res, False)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import threading
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -102,6 +103,18 @@ class Registrar(ABC):
                 raise RegistrarError(f"device {dev.mac}: no SIP password for line {ext}")
             out.append((user, s))
         return out
+
+
+def run_reload(label: str, command: tuple[str, ...], timeout: float = 30.0) -> None:
+    """Run a registrar's reload command (Asterisk `pjsip reload`, Kamailio `kamcmd … addressReload`)."""
+    try:
+        r = subprocess.run(list(command), capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise RegistrarError(f"{label}: reload command {command[0]!r} failed: {type(e).__name__}") from None
+    # kamcmd exits 0 when the RPC itself answers an error ("error: 500 - ongoing reload")
+    if r.returncode != 0 or (r.stdout or "").lstrip().lower().startswith("error"):
+        first = (r.stderr or r.stdout or "").strip().splitlines()[:1]
+        raise RegistrarError(f"{label}: reload command exited {r.returncode}" + (f": {first[0][:160]}" if first else ""))
 
 
 class NoRegistrar(Registrar):

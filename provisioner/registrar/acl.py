@@ -28,7 +28,7 @@ class AclResult:
     registrar: str
     sites: list[str]
     networks: list[str]
-    outcome: str  # exported | unchanged | not supported | failed: …
+    outcome: str  # exported | unchanged | not used (no access list there) | failed: …
 
 
 def normalized(networks) -> list[str]:
@@ -60,7 +60,7 @@ def export(rt, actor: str = "system") -> list[AclResult]:
         except ProvisionerError as e:
             results.append(AclResult(backend.label, sorted(by_site), nets, f"failed: {e}"))
             continue
-        outcome = "not supported" if changed is None else ("exported" if changed else "unchanged")
+        outcome = "not used (no access list there)" if changed is None else ("exported" if changed else "unchanged")
         results.append(AclResult(backend.label, sorted(by_site), nets, outcome))
         if changed:
             rt.store.audit(actor, "registrar.acl", None, f"site networks exported to {backend.label}",

@@ -26,7 +26,6 @@ import ipaddress
 import logging
 import os
 import re
-import subprocess
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -34,7 +33,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from provisioner.inventory import ResolvedDevice, ResolvedRegistrar
-from provisioner.registrar import Registrar, RegistrarError, accounts
+from provisioner.registrar import Registrar, RegistrarError, accounts, run_reload
 from provisioner.secret import Secret
 
 log = logging.getLogger("provisioner.registrar.kamailio")
@@ -163,15 +162,16 @@ class KamailioRegistrar(Registrar):
                 sa.bindparam("users", expanding=True))
             self._run("remove subscribers", lambda c: c.execute(q, {"d": self.domain, "users": users}))
 
-    def set_acl(self, networks_by_site: Mapping[str, list[str]]) -> bool:
-        """The `address` rows tagged provisioner:<site> in group 1 become exactly these networks."""
+    def set_acl(self, networks_by_site: Mapping[str, list[str]]) -> bool | None:
+        """The `address` rows tagged provisioner:<site> in group 1 become exactly these networks (None: the
+        database has no `address` table, i.e. this Kamailio does not load the permissions module)."""
         from provisioner.registrar.acl import ACL_GROUP, TAG
         want = sorted({(str(ipaddress.ip_network(n).network_address), ipaddress.ip_network(n).prefixlen,
                         f"{TAG}:{site}"[:64]) for site, nets in networks_by_site.items() for n in nets})
 
-        def apply(c) -> bool:
+        def apply(c) -> bool | None:
             if not sa.inspect(c).has_table("address"):
-                raise RegistrarError(f"{self.label}: no address table (create Kamailio's permissions schema)")
+                return None  # this Kamailio does not use the permissions module: nothing to export to
             mine = "grp = :g AND (tag = :t OR tag LIKE :tl)"
             args = {"g": ACL_GROUP, "t": TAG, "tl": f"{TAG}:%"}
             have = sorted((r.ip_addr, r.mask, r.tag) for r in c.execute(
@@ -194,16 +194,7 @@ class KamailioRegistrar(Registrar):
             log.warning("%s: address table changed; Kamailio reads it at start-up or on permissions.addressReload "
                         "(give the registrar a reload_command)", self.label)
             return
-        try:
-            r = subprocess.run(list(self.reload_command), capture_output=True, text=True, timeout=30)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            raise RegistrarError(f"{self.label}: reload command {self.reload_command[0]!r} failed: "
-                                 f"{type(e).__name__}") from None
-        # kamcmd exits 0 when the RPC itself answers an error ("error: 500 - ongoing reload")
-        if r.returncode != 0 or (r.stdout or "").lstrip().lower().startswith("error"):
-            first = (r.stderr or r.stdout or "").strip().splitlines()[:1]
-            raise RegistrarError(f"{self.label}: reload command exited {r.returncode}"
-                                 + (f": {first[0][:160]}" if first else ""))
+        run_reload(self.label, self.reload_command)
 
     # ---- reads -------------------------------------------------------------------------------------
     def list(self) -> list[dict]:

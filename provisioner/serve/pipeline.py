@@ -12,7 +12,7 @@ import re
 import threading
 from collections import OrderedDict
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from provisioner import metrics, registrar

@@ -197,15 +197,23 @@ def _sync_registrars(rt: Runtime, macs: list[str], actor: str) -> None:
 def device_row(rt: Runtime, st: DeviceState) -> dict:
     def iso(v):
         return v.isoformat(timespec="seconds") if v else None
-    in_sync = st.served_hash is not None and st.served_hash == st.desired_hash and st.pending_hash is None
+    router = st.mac in rt.inventory.routers
+    if router:  # pushed and read back, not fetched: provisioned means its read-back showed no drift
+        in_sync = st.state == "provisioned" and st.pending_hash is None
+    else:
+        in_sync = st.served_hash is not None and st.served_hash == st.desired_hash and st.pending_hash is None
     return {"mac": st.mac, "vendor": st.vendor, "model": st.model, "site": st.site, "state": st.state,
             "last_seen": iso(st.last_seen), "last_ip": st.last_ip, "served_hash": st.served_hash,
             "desired_hash": st.desired_hash, "pending_hash": st.pending_hash, "in_sync": in_sync,
-            "enrol_expires_at": iso(st.enrol_expires_at), "in_inventory": st.mac in rt.inventory.resolved or st.mac in rt.inventory.routers}
+            "enrol_expires_at": iso(st.enrol_expires_at), "in_inventory": st.mac in rt.inventory.resolved or router, "kind": "router" if router else "phone"}
 
 
 def list_devices(rt: Runtime) -> list[dict]:
     sync_inventory(rt)
+    if rt.inventory.routers:  # routers get their row at first sight too, before their first push
+        from provisioner import routers
+        for r in rt.inventory.routers.values():
+            routers.ensure_row(rt, r, "inventory")
     return [device_row(rt, st) for st in rt.store.all_devices()]
 
 

@@ -275,6 +275,8 @@ def test_cli_push_and_routers(setup, home):
         r = home.cli("audit", "--json", "-", env=env)
         assert r.returncode in (0, 3), r.stderr
         return {(f["type"], f["severity"]) for f in json.loads(r.stdout)["findings"] if f["device"] == MAC}
+    row = next(d for d in json.loads(home.cli("devices", "--json", env=env, check=True).stdout) if d["mac"] == MAC)
+    assert (row["kind"], row["state"], row["in_sync"]) == ("router", "enrolling", False)
     # the nightly audit reads the box back: on its factory setup before the first push
     assert ("never-enrolled", "high") in audit_of_the_box()
     r = home.cli("push", MAC, "--json", env=env)
@@ -305,7 +307,7 @@ def test_cli_push_and_routers(setup, home):
         box.new_certificate()
     assert home.cli("push", MAC, env=env).returncode == 0
     row = next(d for d in json.loads(home.cli("devices", "--json", env=env, check=True).stdout) if d["mac"] == MAC)
-    assert row["in_inventory"] is True
+    assert row["in_inventory"] is True and row["state"] == "provisioned" and row["in_sync"] is True
     r = home.cli("push", "80:5e:c0:12:34:56", env=env)
     assert r.returncode == 2 and "is a phone" in r.stderr
     r = home.cli("push", "00:11:22:33:44:55", env=env)

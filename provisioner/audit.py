@@ -157,7 +157,10 @@ def _keyvalue(text: str) -> dict[str, str]:
     return out
 
 
-def check_local_overrides(rt: Runtime, dev: ResolvedDevice, st: DeviceState) -> Iterable[Finding]:
+def check_local_overrides(rt: Runtime, dev: ResolvedDevice, st: DeviceState,
+                          with_uploads: set[str] | None = None) -> Iterable[Finding]:
+    if with_uploads is not None and dev.mac not in with_uploads:
+        return
     uploads = rt.store.latest_uploads(dev.mac)
     if not uploads:
         return
@@ -259,6 +262,7 @@ def run_audit(rt: Runtime, now: dt.datetime | None = None, probe: Callable | Non
             at = e["at"] if e["at"].tzinfo else e["at"].replace(tzinfo=dt.timezone.utc)
             rotations[e["target"]] = at
     report = Report(now, len(rt.inventory.resolved))
+    with_uploads = rt.store.macs_with_uploads()
     for mac, dev in rt.inventory.resolved.items():
         st = by_mac.get(mac)
         if st is None:
@@ -266,7 +270,7 @@ def run_audit(rt: Runtime, now: dt.datetime | None = None, probe: Callable | Non
         report.findings += check_state(dev, st, now, rotations.get(mac))
         report.findings += check_firmware(rt, dev, st)
         report.findings += check_policy(dev)
-        report.findings += check_local_overrides(rt, dev, st)
+        report.findings += check_local_overrides(rt, dev, st, with_uploads)
         if probe is not None:
             report.findings += probe(rt, dev, st)
     report.findings += check_store_orphans(rt, states)

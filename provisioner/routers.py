@@ -668,6 +668,18 @@ def audit(rt) -> list[dict]:
             out.append({**base, "type": "exposure", "severity": "high", "what": "remote access open to the internet",
                         "evidence": f"remote access enabled on port {remote.get('port')}",
                         "fix": "turn off remote access on the router (or restrict it to the operator's network)"})
+        if str((s.facts.get("myfritz") or {}).get("enabled")).lower() in ("1", "true"):
+            out.append({**base, "type": "exposure", "severity": "medium", "what": "MyFRITZ! remote access enabled",
+                        "evidence": "MyFRITZ! enabled", "fix": "turn off MyFRITZ! unless the customer uses it"})
+        if str(s.facts.get("default_config_password_active")).lower() in ("1", "true"):
+            out.append({**base, "type": "factory-default", "severity": "critical",
+                        "what": "router still uses its factory configuration password",
+                        "evidence": "the box reports its default password active", "fix": f"provisioner push {s.mac}"})
+        acs = (s.facts.get("tr069") or {}).get("acs_url")
+        if acs:  # normal for an operator-managed box, a risk otherwise: reported, not counted
+            out.append({**base, "type": "exposure", "severity": "info", "what": f"TR-069 managed by {acs[:120]}",
+                        "evidence": "ManagementServer URL set",
+                        "fix": "if this ACS is not your operator's, turn TR-069 off on the router"})
         upnp = s.facts.get("upnp") or {}
         if str(upnp.get("enabled")).lower() in ("1", "true"):
             out.append({**base, "type": "exposure", "severity": "low", "what": "UPnP port mapping enabled",

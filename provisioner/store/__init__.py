@@ -270,6 +270,11 @@ class Store:
                                               sealed=sealed))
         return digest
 
+    def macs_with_uploads(self) -> set[str]:
+        """One query for the audit: only these devices need `latest_uploads`."""
+        with self.engine.connect() as c:
+            return set(c.execute(sa.select(uploads.c.mac).distinct()).scalars())
+
     def latest_uploads(self, mac: str) -> dict[str, tuple[dt.datetime, Secret]]:
         """The newest upload of each file name for a device (content stays a Secret)."""
         out: dict[str, tuple[dt.datetime, Secret]] = {}

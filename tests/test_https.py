@@ -175,3 +175,30 @@ def test_slow_request_heads_are_cut_off(home: Home):
         assert srv.curl("y000000000000.cfg", "Yealink SIP-T46G 28.83.0.50")[0] == 200
     finally:
         srv.stop()
+
+
+def test_only_the_file_with_the_credentials_enrols(home: Home, tmp_path):
+    """A profile with a second per-device file: fetching it first does not use up the enrolment window
+    (it would hand out no credentials); after enrolment it is served with the device's digest."""
+    import shutil
+    from conftest import REPO
+    vendors = tmp_path / "vendors"
+    shutil.copytree(REPO / "vendors", vendors)
+    y = vendors / "yealink.yaml"
+    y.write_text(y.read_text().replace(
+        '    trigger: true\n', '    trigger: true\n  - name: "{mac}-contacts.cfg"\n    template: yealink/common.cfg.j2\n', 1))
+    srv = start_server(home, env={"PROVISIONER_VENDORS": str(vendors)})
+    try:
+        ua = ua_for(MAC)
+        status, _ = srv.curl(f"{MAC}-contacts.cfg", ua)
+        assert status == 401
+        time.sleep(0.5)
+        reason = sqlite3.connect(home.path / "state.db").execute(
+            "select reason from fetch_events where filename = ? order by id desc", (f"{MAC}-contacts.cfg",)).fetchone()
+        assert reason and f"enrolment happens with {FILE}" in reason[0]
+        status, cfg = srv.curl(FILE, ua)  # the window is still open: the device's own file enrols it
+        assert status == 200
+        status, extra = srv.curl(f"{MAC}-contacts.cfg", ua, user=MAC, password=password_of(cfg))
+        assert status == 200 and extra.startswith(b"#!version:1.0.0.1")
+    finally:
+        srv.stop()

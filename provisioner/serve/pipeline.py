@@ -355,6 +355,9 @@ class Pipeline:
         if how is None:
             if not allow_enrolment:  # the first, anonymous PUT of the digest dance
                 return unauthorized("uploads need the device's own credentials", mac, failure=False)
+            if not m.spec.trigger:  # enrolment hands out the credentials with the file that carries them
+                return unauthorized(f"enrolment happens with {m.vendor.trigger.filename_for(mac=mac)}; this "
+                                    f"file needs the credentials that one hands out", mac, failure=False)
             if st.state not in ("enrolling", "reset-pending"):
                 # a phone's first, anonymous request of the digest dance: not a failure
                 return unauthorized("no credentials and the enrolment window is closed", mac, failure=False)

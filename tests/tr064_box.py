@@ -3,8 +3,8 @@
     box = TR064Box("8.02").start()   # or "7.57"; serves on 127.0.0.1 (HTTP + HTTPS, free ports)
 
 - Serves tr64desc.xml and the SCPDs of a real box from tests/data/fritzbox/, a copy of
-  ../shared/fixtures/fritzbox/ (FRITZ!Box 7530 on FRITZ!OS 8.02, 7590 on 7.57; gofritz, MIT), with the presentation URL rewritten to this server. The
-  fixtures lack a few WAN SCPDs the description names: those are served as SCPDs without actions, so the
+  ../shared/fixtures/fritzbox/ (FRITZ!Box 7530 on FRITZ!OS 8.02, 7590 on 7.57; gofritz, MIT), with the
+  presentation URL rewritten to this server. The fixtures lack a few WAN SCPDs the description names: those are served as SCPDs without actions, so the
   real fritzconnection client loads the description as from a box. igddesc.xml answers 404 (text/html),
   as fritzconnection expects from a box without it.
 - /upnp/control/*: HTTP digest (MD5, qop=auth); a wrong login gets an HTML 401 page, as from a box.

@@ -65,6 +65,23 @@ def wait_port(port: int, proc: subprocess.Popen, what: str, limit: float = 600) 
     raise SystemExit(f"{what} did not start")
 
 
+def exit_on_sigterm() -> None:
+    """SIGTERM unwinds the main process like Ctrl-C: its `finally` blocks stop the servers it started."""
+    main_pid = os.getpid()
+
+    def handler(*_):
+        if os.getpid() != main_pid:
+            os._exit(143)
+        sys.exit(143)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def worker_signals() -> None:
+    """Pool initializer: client workers die on SIGTERM (Pool.terminate) and leave Ctrl-C to the parent."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def digest_header(mac: str, password: str, challenge: str, uri: str, nc: int) -> str:
     nonce = re.search(r'nonce="([^"]+)"', challenge).group(1)
     md5 = lambda s: hashlib.md5(s.encode()).hexdigest()  # noqa: E731
@@ -127,7 +144,7 @@ def cpu_seconds(pids: list[int]) -> float:
 def storm(port, ca, creds, expect, clients, auth, keepalive, server_pid=None) -> tuple[float, int]:
     macs = list(creds)
     chunks = [[(m, creds[m]) for m in macs[i::clients]] for i in range(clients)]
-    with mp.Pool(clients) as pool:
+    with mp.Pool(clients, initializer=worker_signals) as pool:
         cpu0 = cpu_seconds([server_pid]) if server_pid else 0
         t0 = time.monotonic()
         res = pool.map(client, [(port, ca, c, auth, keepalive, expect) for c in chunks])
@@ -138,31 +155,28 @@ def storm(port, ca, creds, expect, clients, auth, keepalive, server_pid=None) ->
     return ok / dt, bad
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--devices", type=int, default=2000)
-    ap.add_argument("--clients", type=int, default=4)
-    a = ap.parse_args()
+def run(devices: int = 2000, clients: int = 4, log=print) -> list[tuple]:
+    """Both storms against both servers; rows of (label, provisioner/s, nginx/s, provisioner errors, nginx errors)."""
     if not shutil.which("nginx"):
-        print("nginx is needed (apt-get install nginx)")
-        return 2
+        raise SystemExit("nginx is needed (apt-get install nginx)")
     work = Path(tempfile.mkdtemp(prefix="prov-storm-"))
     procs: list[subprocess.Popen] = []
     try:
         port, nport = free_port(), free_port()
-        macs = [f"805ec0{0x200000 + i:06x}" for i in range(a.devices)]
+        macs = [f"805ec0{0x200000 + i:06x}" for i in range(devices)]
         lines = ["defaults:", f"  provisioning_url: https://127.0.0.1:{port}/p/", "  registrar: {host: sip.bench.invalid}",
                  "sites:", "  bench: {networks: [127.0.0.0/8]}", "devices:"]
         lines += [f"  - {{mac: '{m}', vendor: yealink, model: T46S, site: bench, "
                   f"lines: [{{extension: '{2000 + i}', display_name: 'Phone {i}'}}]}}" for i, m in enumerate(macs)]
         (work / "inventory.yaml").write_text("\n".join(lines) + "\n")
         t = time.monotonic()
-        log = open(work / "serve.log", "w")
+        log_file = open(work / "serve.log", "w")
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "provisioner", "--home", str(work / "home"), "--inventory", str(work / "inventory.yaml"),
-             "serve", "--https", f"127.0.0.1:{port}", "--tftp", ""], stdout=log, stderr=subprocess.STDOUT, cwd=REPO))
+             "serve", "--https", f"127.0.0.1:{port}", "--tftp", ""], stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO,
+            start_new_session=True))  # Ctrl-C reaches this process only; its `finally` stops the servers
         wait_port(port, procs[0], "provisioner")
-        print(f"provisioner up with {a.devices} devices in {time.monotonic() - t:.1f} s")
+        log(f"provisioner up with {devices} devices in {time.monotonic() - t:.1f} s")
         tls = work / "home" / "tls"
         ca = str(tls / "ca.pem")
 
@@ -182,7 +196,7 @@ def main() -> int:
             expect[m] = hashlib.sha256(body).hexdigest()
             (root / f"{m}.cfg").write_bytes(body)
         conn.close()
-        print(f"enrolled {len(macs)} devices in {time.monotonic() - t:.1f} s (one client, sequential)")
+        log(f"enrolled {len(macs)} devices in {time.monotonic() - t:.1f} s (one client, sequential)")
 
         (work / "tmp").mkdir()
         (work / "nginx.conf").write_text(NGINX_CONF.format(w=work, port=nport, cert=tls / "server.pem",
@@ -192,7 +206,7 @@ def main() -> int:
             os.chmod(p, 0o644)
         os.chmod(root, 0o755)
         procs.append(subprocess.Popen(["nginx", "-p", str(work), "-c", str(work / "nginx.conf")],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
         wait_port(nport, procs[1], "nginx")
 
         if os.environ.get("PROFILE_SERVER"):  # py-spy the server during the storm (profiling only)
@@ -201,23 +215,35 @@ def main() -> int:
             time.sleep(1)
         rows = []
         for label, keepalive in (("new TLS connection per device", False), ("keep-alive", True)):
-            prov, bad_p = storm(port, ca, creds, expect, a.clients, True, keepalive, procs[0].pid)
-            ngx, bad_n = storm(nport, ca, creds, expect, a.clients, False, keepalive, procs[1].pid)
+            prov, bad_p = storm(port, ca, creds, expect, clients, True, keepalive, procs[0].pid)
+            ngx, bad_n = storm(nport, ca, creds, expect, clients, False, keepalive, procs[1].pid)
             rows.append((label, prov, ngx, bad_p, bad_n))
-        print()
-        print(f"{'boot storm, ' + str(a.devices) + ' devices':34}{'provisioner':>14}{'nginx':>10}{'ratio':>8}{'errors':>8}")
-        for label, prov, ngx, bad_p, bad_n in rows:
-            print(f"{label:34}{prov:>10,.0f}/s{ngx:>8,.0f}/s{prov / ngx:>8.2f}{bad_p + bad_n:>8}")
-        print("(provisioner: 401 challenge + digest request per device, like a phone; nginx: one plain GET, no auth)")
-        return 0 if all(r[3] == 0 and r[4] == 0 for r in rows) else 1
+        return rows
     finally:
         for p in reversed(procs):
-            p.send_signal(signal.SIGTERM if p is procs[0] else signal.SIGQUIT)
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM if p is procs[0] else signal.SIGQUIT)
             try:
                 p.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 p.kill()
+                p.wait(timeout=10)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--devices", type=int, default=2000)
+    ap.add_argument("--clients", type=int, default=4)
+    a = ap.parse_args()
+    exit_on_sigterm()
+    rows = run(a.devices, a.clients)
+    print()
+    print(f"{'boot storm, ' + str(a.devices) + ' devices':34}{'provisioner':>14}{'nginx':>10}{'ratio':>8}{'errors':>8}")
+    for label, prov, ngx, bad_p, bad_n in rows:
+        print(f"{label:34}{prov:>10,.0f}/s{ngx:>8,.0f}/s{prov / ngx:>8.2f}{bad_p + bad_n:>8}")
+    print("(provisioner: 401 challenge + digest request per device, like a phone; nginx: one plain GET, no auth)")
+    return 0 if all(r[3] == 0 and r[4] == 0 for r in rows) else 1
 
 
 if __name__ == "__main__":

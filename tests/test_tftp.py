@@ -53,3 +53,17 @@ def test_full_configs_over_tftp_only_where_the_site_says_so(home, tmp_path: Path
         assert boot is not None and b"password" not in boot
     finally:
         srv.stop()
+
+
+def test_an_upload_cannot_replace_what_phones_get(server: Server, tmp_path: Path):
+    """tftpy accepts a write request into its root and then serves that file to everyone: a `tftp put`
+    of <mac>.cfg would point phones at another provisioning server. Ours refuses every upload."""
+    import subprocess
+    before = server.tftp("805ec0123456.cfg", tmp_path / "before")
+    evil = tmp_path / "805ec0123456.cfg"
+    evil.write_bytes(b"#!version:1.0.0.1\nstatic.auto_provision.server.url = https://evil.example/\n")
+    r = subprocess.run(["tftp", "127.0.0.1", str(server.tftp_port), "-m", "binary", "-c", "put", str(evil),
+                        "805ec0123456.cfg"], capture_output=True, text=True, timeout=30, cwd=tmp_path)
+    assert "Error" in r.stdout + r.stderr, "the server must refuse the write request"
+    after = server.tftp("805ec0123456.cfg", tmp_path / "after")
+    assert after == before and b"evil.example" not in after

@@ -7,6 +7,7 @@ the reason is recorded for `explain`/the technician, never sent to the client.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import re
 import threading
@@ -120,30 +121,49 @@ class EventRecorder:
         self._thread.join(timeout=10)
 
 
-CACHE_ENTRIES = 20_000  # rendered configs and decrypted credential sets: a boot storm's working set
+CACHE_ENTRIES = 20_000  # device rows (state cache)
+# rendered configs and decrypted credential sets, bounded by size: a boot storm's working set. 64 MB holds
+# about 20,000 devices (config ~2.5 KB + credentials); a storm that walks more devices than fit gets no hit.
+CACHE_BYTES = int(float(os.environ.get("PROVISIONER_CACHE_MB", "64")) * 1024 * 1024)
+ENTRY_OVERHEAD = 200  # bytes a key and its bookkeeping cost, roughly
+
+
+def _size(value) -> int:
+    if isinstance(value, (bytes, bytearray)):
+        return len(value) + ENTRY_OVERHEAD
+    if isinstance(value, dict):  # a credential set: a few Secrets
+        return 120 * len(value) + ENTRY_OVERHEAD
+    return 1024
 
 
 class LruCache:
-    """Bounded, thread-safe: memory stays flat with 100,000 devices; a miss only costs a render."""
+    """Bounded by bytes and thread-safe: memory stays flat with 100,000 devices; a miss only costs a render."""
 
-    def __init__(self, entries: int):
-        self._max = entries
+    def __init__(self, max_bytes: int):
+        self._max = max_bytes
+        self._used = 0
         self._d: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, key):
         with self._lock:
             v = self._d.get(key)
-            if v is not None:
-                self._d.move_to_end(key)
-            return v
+            if v is None:
+                return None
+            self._d.move_to_end(key)
+            return v[0]
 
     def put(self, key, value) -> None:
+        size = _size(value)
         with self._lock:
-            self._d[key] = value
-            self._d.move_to_end(key)
-            while len(self._d) > self._max:
-                self._d.popitem(last=False)
+            old = self._d.pop(key, None)
+            if old is not None:
+                self._used -= old[1]
+            self._d[key] = (value, size)
+            self._used += size
+            while self._used > self._max and self._d:
+                _, (_, gone) = self._d.popitem(last=False)
+                self._used -= gone
 
 
 class Pipeline:
@@ -160,7 +180,7 @@ class Pipeline:
         self.ca_pem = ca_pem
         self.recorder = recorder
         self.digest = digest or DigestAuth()
-        self._cache = LruCache(CACHE_ENTRIES)
+        self._cache = LruCache(CACHE_BYTES)
         self._served: dict[str, tuple[str, str, float]] = {}
         self._states: dict[str, tuple] = {}
 

@@ -277,6 +277,7 @@ def test_cli_push_and_routers(setup, home):
         return {(f["type"], f["severity"]) for f in json.loads(r.stdout)["findings"] if f["device"] == MAC}
     row = next(d for d in json.loads(home.cli("devices", "--json", env=env, check=True).stdout) if d["mac"] == MAC)
     assert (row["kind"], row["state"], row["in_sync"]) == ("router", "enrolling", False)
+    assert f"provisioner push {MAC}" in home.cli("explain", MAC, env=env, check=True).stdout
     # the nightly audit reads the box back: on its factory setup before the first push
     assert {("never-enrolled", "high"), ("factory-default", "critical")} <= audit_of_the_box()
     r = home.cli("push", MAC, "--json", env=env)

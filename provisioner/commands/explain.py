@@ -131,6 +131,12 @@ def explain_device(rt, mac: str, limit: int = 10) -> dict:
     for o in obs[:3]:
         result["identified"].append(f"discovery ({o.get('found_by')}) saw {o.get('vendor') or '?'} "
                                     f"{o.get('model') or ''} at {o.get('ip') or '?'}")
+    if mac in rt.inventory.routers:  # routers are driven by push, not fetched from us
+        r = rt.inventory.routers[mac]
+        result["inventory"] = {"vendor": r.profile, "model": r.model, "site": r.site, "lines": [], "files": []}
+        result["conclusion"] = [f"a router ({r.profile} at {r.address}): `provisioner routers show {mac}` reads it "
+                                f"back, `provisioner push {mac}` provisions it"]
+        return result
     result["conclusion"] = _conclude(result, inv_dev, st)
     return result
 

@@ -157,10 +157,7 @@ def _keyvalue(text: str) -> dict[str, str]:
     return out
 
 
-def check_local_overrides(rt: Runtime, dev: ResolvedDevice, st: DeviceState,
-                          with_uploads: set[str] | None = None) -> Iterable[Finding]:
-    if with_uploads is not None and dev.mac not in with_uploads:
-        return
+def check_local_overrides(rt: Runtime, dev: ResolvedDevice, st: DeviceState) -> Iterable[Finding]:
     uploads = rt.store.latest_uploads(dev.mac)
     if not uploads:
         return
@@ -270,7 +267,8 @@ def run_audit(rt: Runtime, now: dt.datetime | None = None, probe: Callable | Non
         report.findings += check_state(dev, st, now, rotations.get(mac))
         report.findings += check_firmware(rt, dev, st)
         report.findings += check_policy(dev)
-        report.findings += check_local_overrides(rt, dev, st, with_uploads)
+        if mac in with_uploads:  # one query for the fleet, not one per device
+            report.findings += check_local_overrides(rt, dev, st)
         if probe is not None:
             report.findings += probe(rt, dev, st)
     report.findings += check_store_orphans(rt, states)

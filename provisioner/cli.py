@@ -263,7 +263,8 @@ def reprovision(rt: Runtime, mac: str | None, site: str | None, all_devices: boo
     if mac is None:
         return _reprovision_bulk(rt, ops.devices_for(rt, site, all_devices), wait, concurrency, stagger,
                                  why or f"bulk reprovision ({'site ' + site if site else 'all devices'})", as_json)
-    router = _router_mac(rt, mac)
+    from provisioner.routers import router_mac
+    router = router_mac(rt, mac)
     if router:  # a router's reprovision is a push with new passwords, read back before they count
         from provisioner.commands.routers import push_cmd
         return click.get_current_context().invoke(push_cmd, mac=router, as_json=as_json, rotate=True, force=False,
@@ -288,15 +289,6 @@ def reprovision(rt: Runtime, mac: str | None, site: str | None, all_devices: boo
     if wait and not res.confirmed:
         err.print(f"error: {res.mac} did not fetch its new config within {wait:g} s", markup=False)
         sys.exit(4)
-
-
-def _router_mac(rt: Runtime, mac: str) -> str | None:
-    """The MAC when it names a router of the inventory (routers are driven, not fetched from us)."""
-    try:
-        norm = normalize_mac(mac)
-    except ValueError:
-        return None
-    return norm if norm in rt.inventory.routers else None
 
 
 def _reprovision_bulk(rt: Runtime, macs: list[str], wait: float | None, concurrency: int, stagger: float, why: str,

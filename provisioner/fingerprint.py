@@ -180,7 +180,21 @@ def _kind(catalog: Catalog, vendor: str | None, model: str | None) -> str | None
     return None
 
 
-def _catalog_identify(catalog: Catalog, ev: Evidence) -> Identity:
+@dataclass
+class _Parsed:
+    """What the catalog makes of the evidence, computed once for the votes and the conflicts."""
+
+    ua: object  # UserAgentInfo | None
+    descr: object  # sysDescr read as a User-Agent: UserAgentInfo | None
+    per_device: list  # FileMatch of per-device file names matching ev.filename
+
+    @classmethod
+    def of(cls, catalog: Catalog, ev: Evidence) -> "_Parsed":
+        per_dev = [m for m in catalog.match_file(ev.filename) if m.mac] if ev.filename else []
+        return cls(catalog.parse_user_agent(ev.user_agent), catalog.parse_user_agent(ev.sys_descr), per_dev)
+
+
+def _catalog_identify(catalog: Catalog, ev: Evidence, parsed: _Parsed) -> Identity:
     votes: dict[str, float] = {}
     why: dict[str, list[str]] = {}
     model = firmware = mac = None
@@ -191,15 +205,14 @@ def _catalog_identify(catalog: Catalog, ev: Evidence) -> Identity:
             votes[vendor] = votes.get(vendor, 0.0) + weight
             why.setdefault(vendor, []).append(reason)
 
-    for ua, what in ((ev.user_agent, "User-Agent"), (ev.sys_descr, "sysDescr")):
-        info = catalog.parse_user_agent(ua)
+    for ua, what, info in ((ev.user_agent, "User-Agent", parsed.ua), (ev.sys_descr, "sysDescr", parsed.descr)):
         if info:
             vote(info.vendor, 0.9 if what == "User-Agent" else 0.7, f"{what} {ua!r} matches the {info.vendor} pattern")
             model = model or match_model(catalog, info.vendor, info.model)
             firmware = firmware or info.firmware
             mac = mac or info.mac
     if ev.filename:
-        per_dev = [m for m in catalog.match_file(ev.filename) if m.mac]
+        per_dev = parsed.per_device
         names = sorted({m.vendor.name for m in per_dev})
         if len(names) == 1:
             vote(names[0], 0.6, f"asked for {ev.filename} ({names[0]} file name)")
@@ -222,7 +235,7 @@ def _catalog_identify(catalog: Catalog, ev: Evidence) -> Identity:
             vote(v, 0.6, f"sysObjectID {ev.sys_object_id} is in enterprise {m.group(1)} ({PENS[m.group(1)]})")
         elif m and m.group(1) in GENERIC_PENS:
             why.setdefault("", []).append(f"sysObjectID {ev.sys_object_id}: {GENERIC_PENS[m.group(1)]}")
-    if ev.sys_descr and not catalog.parse_user_agent(ev.sys_descr):
+    if ev.sys_descr and not parsed.descr:
         vote(_canonical_vendor(catalog, _words_vendor(ev.sys_descr)), 0.5, f"sysDescr {ev.sys_descr[:80]!r}")
     if ev.manufacturer or ev.model_name:
         text = f"{ev.manufacturer or ''} {ev.model_name or ''}"
@@ -267,12 +280,13 @@ def _catalog_identify(catalog: Catalog, ev: Evidence) -> Identity:
 
 
 def identify(catalog: Catalog, ev: Evidence) -> Identity:
-    ident = _catalog_identify(catalog, ev)
-    ident.conflicts = _conflicts(catalog, ev)
+    parsed = _Parsed.of(catalog, ev)
+    ident = _catalog_identify(catalog, ev, parsed)
+    ident.conflicts = _conflicts(catalog, ev, parsed)
     return ident
 
 
-def _conflicts(catalog: Catalog, ev: Evidence) -> list[str]:
+def _conflicts(catalog: Catalog, ev: Evidence, parsed: _Parsed) -> list[str]:
     """What the evidence says twice, differently: MACs, and vendors named by different sources."""
     found: list[str] = []
     macs: dict[str, str] = {}
@@ -286,9 +300,7 @@ def _conflicts(catalog: Catalog, ev: Evidence) -> list[str]:
             found.append(f"{source} carries {raw!r}, not a MAC address")
 
     see_mac(ev.mac, "the source MAC")
-    ua = catalog.parse_user_agent(ev.user_agent)
-    per_dev = [m for m in catalog.match_file(ev.filename)] if ev.filename else []
-    per_dev = [m for m in per_dev if m.mac]
+    ua, per_dev = parsed.ua, parsed.per_device
     if per_dev:
         see_mac(per_dev[0].mac, f"the file name {ev.filename}")
     if ua is not None:

@@ -37,12 +37,13 @@ def _finalize(value: Any) -> Any:
     return value
 
 
-def _make_env(templates_dir: Path, autoescape: bool) -> SandboxedEnvironment:
+def make_env(templates_dir: Path, autoescape: bool, finalize=_finalize) -> SandboxedEnvironment:
+    """Sandboxed, StrictUndefined, compiled once: `finalize` checks (and for UCI quotes) every printed value."""
     return SandboxedEnvironment(
         loader=jinja2.FileSystemLoader(str(templates_dir)),
         undefined=jinja2.StrictUndefined,
         autoescape=autoescape,
-        finalize=_finalize,
+        finalize=finalize,
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
@@ -55,10 +56,22 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def run_template(env: SandboxedEnvironment, template: str, ctx: dict, who: str) -> str:
+    """Render; every failure is a RenderError naming the device (`who`) and the template, never a value."""
+    try:
+        return env.get_template(template).render(ctx)
+    except jinja2.UndefinedError as e:
+        raise RenderError(f"{who}: template {template}: {e.message}") from None
+    except jinja2.TemplateError as e:
+        raise RenderError(f"{who}: template {template}: {type(e).__name__}: {e.message}") from None
+    except RenderError as e:
+        raise RenderError(f"{who}: template {template}: {e}") from None
+
+
 class Renderer:
     def __init__(self, templates_dir: Path):
         self.templates_dir = templates_dir
-        self._envs = {"keyvalue": _make_env(templates_dir, False), "xml": _make_env(templates_dir, True)}
+        self._envs = {"keyvalue": make_env(templates_dir, False), "xml": make_env(templates_dir, True)}
 
     def check_context(self, ctx: Any, fmt: str, who: str) -> None:
         """Refuse values that would break or smuggle settings into the format; name the field."""
@@ -83,16 +96,7 @@ class Renderer:
 
     def render(self, vendor: VendorProfile, template: str, ctx: dict, who: str, xml_root: str | None = None) -> bytes:
         self.check_context(ctx, vendor.format, who)
-        env = self._envs[vendor.format]
-        try:
-            text = env.get_template(template).render(ctx)
-        except jinja2.UndefinedError as e:
-            raise RenderError(f"{who}: template {template}: {e.message}") from None
-        except jinja2.TemplateError as e:
-            raise RenderError(f"{who}: template {template}: {type(e).__name__}: {e.message}") from None
-        except RenderError as e:
-            raise RenderError(f"{who}: template {template}: {e}") from None
-        data = text.encode("utf-8")
+        data = run_template(self._envs[vendor.format], template, ctx, who).encode("utf-8")
         self._check_output(vendor, template, data, who, xml_root)
         return data
 

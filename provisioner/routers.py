@@ -26,6 +26,7 @@ interrupted push leaves the pending generation, and the next push resumes with t
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -54,6 +55,15 @@ def _quiet(_: str) -> None:
 
 
 # ---- lookup ---------------------------------------------------------------------------------------
+
+def router_mac(rt, mac: str) -> str | None:
+    """The normalized MAC when it names a router of the inventory, else None (a phone, unknown, malformed)."""
+    try:
+        norm = normalize_mac(mac)
+    except ValueError:
+        return None
+    return norm if norm in rt.inventory.routers else None
+
 
 def resolve_router(rt, mac: str) -> ResolvedRouter:
     try:
@@ -187,18 +197,21 @@ def _uci_finalize(value: Any) -> str:
         raise RenderError(str(e)) from None
 
 
+@functools.lru_cache(maxsize=4)
+def _uci_env(templates: Path):
+    """Compiled once per templates directory, like the phones' environments."""
+    from provisioner.render import make_env
+    return make_env(templates, False, _uci_finalize)
+
+
 def render_files(rt, r: ResolvedRouter, prof: RouterProfile) -> dict[str, bytes]:
     """The profile's templates rendered for this router; every printed value is quoted for UCI."""
-    import jinja2
-    from jinja2.sandbox import SandboxedEnvironment
-
     from provisioner.desired import settings_context
     from provisioner.drivers.ssh_router import parse_uci
+    from provisioner.render import run_template
     from provisioner.runtime import templates_dir
 
-    env = SandboxedEnvironment(loader=jinja2.FileSystemLoader(str(templates_dir())), undefined=jinja2.StrictUndefined,
-                               finalize=_uci_finalize, autoescape=False, trim_blocks=True, lstrip_blocks=True,
-                               keep_trailing_newline=True)
+    env = _uci_env(templates_dir())
     hostname = re.sub(r"[^A-Za-z0-9-]+", "-", r.name or "").strip("-")[:63] or f"router-{r.mac[6:]}"
     settings = settings_context(r.settings)
     opts = {**prof.options, **r.options}
@@ -209,14 +222,7 @@ def render_files(rt, r: ResolvedRouter, prof: RouterProfile) -> dict[str, bytes]
     out = {}
     who = f"router {r.mac}"
     for name, tmpl in prof.templates.items():
-        try:
-            text = env.get_template(tmpl).render(ctx)
-        except jinja2.UndefinedError as e:
-            raise RenderError(f"{who}: template {tmpl}: {e.message}") from None
-        except jinja2.TemplateError as e:
-            raise RenderError(f"{who}: template {tmpl}: {type(e).__name__}: {e.message}") from None
-        except RenderError as e:
-            raise RenderError(f"{who}: template {tmpl}: {e}") from None
+        text = run_template(env, tmpl, ctx, who)
         try:
             parse_uci(text)
         except ValueError as e:

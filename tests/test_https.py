@@ -192,9 +192,14 @@ def test_only_the_file_with_the_credentials_enrols(home: Home, tmp_path):
         ua = ua_for(MAC)
         status, _ = srv.curl(f"{MAC}-contacts.cfg", ua)
         assert status == 401
-        time.sleep(0.5)
-        reason = sqlite3.connect(home.path / "state.db").execute(
-            "select reason from fetch_events where filename = ? order by id desc", (f"{MAC}-contacts.cfg",)).fetchone()
+        deadline = time.monotonic() + 5  # fetch events are written in batches, off the request path
+        while True:
+            reason = sqlite3.connect(home.path / "state.db").execute(
+                "select reason from fetch_events where filename = ? order by id desc",
+                (f"{MAC}-contacts.cfg",)).fetchone()
+            if reason or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
         assert reason and f"enrolment happens with {FILE}" in reason[0]
         status, cfg = srv.curl(FILE, ua)  # the window is still open: the device's own file enrols it
         assert status == 200

@@ -29,8 +29,7 @@ HINTS: list[tuple[int, str, str]] = [
     (404, "no TFTP bootstrap", "this vendor gets no TFTP bootstrap for this file; use HTTPS"),
     (401, "unknown device", "this MAC is not in inventory.yaml: `provisioner adopt MAC --site S --line EXT`"),
     (401, "not yet synced", "in inventory.yaml but not in the store: restart or reload `serve` to enrol it"),
-    (401, "device is locked", "locked after a security event: `provisioner unlock MAC` once checked"),
-    (401, "device locked", "locked after a security event: `provisioner unlock MAC` once checked"),
+    (401, "locked", "locked after a security event: `provisioner unlock MAC` once checked"),
     (401, "decommissioned", "decommissioned: refused on purpose; adopt it again to reuse it"),
     (401, "client certificate", "the site requires a client certificate naming this MAC"),
     (401, "window is closed", "no credentials and no open enrolment window: `provisioner reset MAC` reopens "
@@ -101,8 +100,8 @@ def explain_device(rt, mac: str, limit: int = 10) -> dict:
                            "last_ip": st.last_ip, "last_user_agent": st.last_ua,
                            "config_current": bool(st.served_hash and st.served_hash == st.desired_hash),
                            "rotation_pending": bool(st.pending_hash), "lock_reason": st.lock_reason}
-    for r in fetches:
-        ident = identify(catalog, Evidence(user_agent=r["user_agent"], filename=r["filename"]))
+    idents = [identify(catalog, Evidence(user_agent=r["user_agent"], filename=r["filename"])) for r in fetches]
+    for r, ident in zip(fetches, idents):
         row = {"at": r["at"].isoformat() if r["at"] else None, "source_ip": r["source_ip"],
                "transport": r["transport"], "file": r["filename"], "status": r["status"],
                "reason": r["reason"], "user_agent": r["user_agent"],
@@ -116,9 +115,8 @@ def explain_device(rt, mac: str, limit: int = 10) -> dict:
     # identification: inventory first, then what the device itself says, then discovery
     if inv_dev is not None:
         result["identified"].append(f"inventory.yaml says {inv_dev.vendor} {inv_dev.model} at site {inv_dev.site}")
-    last = next((r for r in fetches if r["user_agent"] or r["filename"]), None)
-    if last is not None:
-        ident = identify(catalog, Evidence(user_agent=last["user_agent"], filename=last["filename"]))
+    ident = next((i for r, i in zip(fetches, idents) if r["user_agent"] or r["filename"]), None)
+    if ident is not None:
         result["identified"].append(
             f"its last request: {ident.vendor or 'unknown vendor'} {ident.model or ''} "
             f"{('firmware ' + ident.firmware) if ident.firmware else ''} (score {ident.score})".replace("  ", " "))

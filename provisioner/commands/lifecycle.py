@@ -58,8 +58,8 @@ def reset(rt, mac, why, wait, as_json):
     """Factory-reset workflow: rotate every secret, reopen the enrolment window, reset the device remotely
     where its vendor allows it, otherwise print how to reset it by hand. A router is reset over its
     management interface (TR-064, SSH) and re-enrolled by the next `push`."""
-    from provisioner.cli import _router_mac
-    router = _router_mac(rt, mac)
+    from provisioner.routers import router_mac
+    router = router_mac(rt, mac)
     if router:
         from provisioner.commands.routers import reset_cmd
         return click.get_current_context().invoke(reset_cmd, mac=router, confirm_timeout=None, assume_yes=True,

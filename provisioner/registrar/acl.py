@@ -1,7 +1,7 @@
 """The sites' networks exported to their registrar's access list: a stolen SIP password is of no use
 from outside the networks the site's phones live in.
 
-Kamailio: rows of its `permissions` module's `address` table (group ACL_GROUP, tag "provisioner:<site>"),
+Kamailio: rows of its `permissions` module's `address` table (group 1, tag "provisioner:<site>"),
 which kamailio.cfg checks with `allow_source_address("1")` before it authenticates a REGISTER; rows with
 another tag are never touched. Asterisk PJSIP: a `type = acl` section in the include file provisioner
 writes, with contact_deny/contact_permit (REGISTER contacts only, so trunks are not affected). The
@@ -18,9 +18,6 @@ from provisioner.errors import ProvisionerError
 from provisioner.registrar import backend_for
 
 log = logging.getLogger("provisioner.registrar")
-
-ACL_GROUP = 1
-TAG = "provisioner"
 
 
 @dataclass

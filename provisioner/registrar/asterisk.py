@@ -141,7 +141,8 @@ class AsteriskRegistrar(Registrar):
                 f"auth = {ext}-auth\naors = {ext}\ncallerid = \"{_escape(ln.display_name)}\" <{ln.number or ext}>\n\n")
         return "".join(out)
 
-    def _change(self, fn) -> None:
+    def _change(self, fn) -> bool:
+        """Apply `fn` to the blocks under the lock; True when the file changed (and Asterisk was reloaded)."""
         try:
             with self._locked():
                 blocks = self._read()
@@ -151,6 +152,7 @@ class AsteriskRegistrar(Registrar):
             raise RegistrarError(f"{self.label}: {e.strerror or e}") from None
         if changed:
             self._reload()
+        return changed
 
     def _reload(self) -> None:
         if self.reload_command:
@@ -198,13 +200,10 @@ class AsteriskRegistrar(Registrar):
         body = (f"; sites: {', '.join(sorted(networks_by_site))}\n[{ACL_SECTION}]\ntype = acl\n"
                 "contact_deny = 0.0.0.0/0.0.0.0\n" + ("contact_deny = ::/0\n" if any(n.version == 6 for n in nets) else "")
                 + "".join(f"contact_permit = {n.network_address}/{n.netmask}\n" for n in nets) + "\n")
-        changed = []
 
         def apply(blocks: dict[str, str]) -> None:
-            changed.append(blocks.get(ACL_BLOCK) != body)
             blocks[ACL_BLOCK] = body
-        self._change(apply)
-        return changed[0]
+        return self._change(apply)
 
     def list(self) -> list[dict]:
         with self._locked():

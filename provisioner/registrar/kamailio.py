@@ -73,6 +73,10 @@ def database_url(db: str | None, password_env: str | None, base: Path) -> tuple[
     return f"sqlite:///file:{p}?mode=rw&uri=true", f"sqlite://{p}"
 
 
+ACL_GROUP = 1  # the permissions group kamailio.cfg checks: allow_source_address("1")
+TAG = "provisioner"  # our address rows are tagged provisioner:<site>; other rows are never touched
+
+
 class KamailioRegistrar(Registrar):
     kind = "kamailio"
 
@@ -165,7 +169,6 @@ class KamailioRegistrar(Registrar):
     def set_acl(self, networks_by_site: Mapping[str, list[str]]) -> bool | None:
         """The `address` rows tagged provisioner:<site> in group 1 become exactly these networks (None: the
         database has no `address` table, i.e. this Kamailio does not load the permissions module)."""
-        from provisioner.registrar.acl import ACL_GROUP, TAG
         want = sorted({(str(ipaddress.ip_network(n).network_address), ipaddress.ip_network(n).prefixlen,
                         f"{TAG}:{site}"[:64]) for site, nets in networks_by_site.items() for n in nets})
 

@@ -12,7 +12,8 @@ import os
 import re
 import zoneinfo
 from dataclasses import dataclass
-from typing import Mapping
+from types import MappingProxyType
+from typing import Any, Mapping
 
 from provisioner.inventory import ResolvedDevice, ResolvedSettings
 from provisioner.macaddr import colon
@@ -25,6 +26,7 @@ def credential_names(dev: ResolvedDevice, vendor: VendorProfile) -> list[str]:
     return ["provisioning", *vendor.web_accounts, *(f"sip:{ln.extension}" for ln in dev.lines)]
 
 
+@functools.lru_cache(maxsize=512)
 def utc_offset(tz: str) -> tuple[str, int]:
     """Standard-time offset as phones want it: ("+1", 60) for Europe/Paris, ("+5.5", 330) for Asia/Kolkata."""
     zone = zoneinfo.ZoneInfo(tz)
@@ -52,16 +54,8 @@ def _posix_minutes(text: str) -> int:
     return sign * (parts[0] * 60 + parts[1])
 
 
-def tz_facts(tz: str) -> dict:
-    """A fresh copy of _tz_facts(tz): templates get their own dicts."""
-    facts = _tz_facts(tz)
-    dst = facts["dst"]
-    return {**facts, "dst": dst and {"start": dict(dst["start"]), "end": dict(dst["end"]),
-                                     "save_minutes": dst["save_minutes"]}}
-
-
 @functools.lru_cache(maxsize=512)
-def _tz_facts(tz: str) -> dict:
+def tz_facts(tz: str) -> dict:
     """What phones without an Olson database want to know about a zone, from the POSIX TZ rule at the end
     of its TZif file: standard offset, DST rule (month, week 1-5 with 5 = last, weekday 0 = Sunday, local
     hour:minute, saving), ISO country (zone.tab). Values are None where the system's tzdata does not say."""
@@ -108,10 +102,34 @@ def _tz_facts(tz: str) -> dict:
             "utc_offset_hhmm": f"{sign}{abs(std) // 60:02d}:{abs(std) % 60:02d}", "dst": dst}
 
 
+def read_only(value: Any) -> Any:
+    """dicts as read-only mappings, lists as tuples, all the way down."""
+    if isinstance(value, dict):
+        return MappingProxyType({k: read_only(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return tuple(read_only(v) for v in value)
+    return value
+
+
+@dataclass(eq=False)
+class SettingsPart:
+    """The settings' part of a context, computed once and shared by every device with equal settings, so
+    read-only: code that wants other values replaces a key of its own context. `checked` holds the formats
+    the renderer already found these values safe for; a render then checks only the device's own values."""
+
+    values: dict
+    checked: set[str]
+
+
 def settings_context(s: ResolvedSettings) -> dict:
+    return dict(settings_part(s).values)
+
+
+@functools.lru_cache(maxsize=1024)
+def settings_part(s: ResolvedSettings) -> SettingsPart:
     offset, minutes = utc_offset(s.timezone)
     ca_https = s.provisioning_url + "ca.pem"
-    return {
+    return SettingsPart(checked=set(), values={k: read_only(v) for k, v in {
         "provisioning": {
             "url": s.provisioning_url,
             "ca_url": ca_https,
@@ -126,7 +144,7 @@ def settings_context(s: ResolvedSettings) -> dict:
                       "transport": s.registrar.transport},
         "srtp": s.policy.srtp,
         "policy": {"blocked_prefixes": list(s.policy.blocked_prefixes), "srtp": s.policy.srtp},
-    }
+    }.items()})
 
 
 @dataclass(frozen=True)
@@ -134,6 +152,7 @@ class DeviceContext:
     vendor: VendorProfile
     device: ResolvedDevice
     values: dict
+    shared: SettingsPart | None = None
 
 
 def device_context(dev: ResolvedDevice, vendor: VendorProfile, creds: Mapping[str, Secret],
@@ -144,8 +163,9 @@ def device_context(dev: ResolvedDevice, vendor: VendorProfile, creds: Mapping[st
         return Secret(MASK) if masked else creds[name]
 
     model = vendor.models[dev.model]
-    ctx = settings_context(dev.settings)
-    ctx["provisioning"].update(username=dev.mac, password=secret("provisioning"))
+    shared = settings_part(dev.settings)
+    ctx = dict(shared.values)
+    ctx["provisioning"] = {**ctx["provisioning"], "username": dev.mac, "password": secret("provisioning")}
     ctx["device"] = {"mac": dev.mac, "mac_upper": dev.mac.upper(), "mac_colon": colon(dev.mac),
                      "vendor": vendor.name, "vendor_name": vendor.display_name, "model": dev.model,
                      "site": dev.site, "name": dev.name or dev.lines[0].display_name,
@@ -162,7 +182,7 @@ def device_context(dev: ResolvedDevice, vendor: VendorProfile, creds: Mapping[st
     } for i, ln in enumerate(dev.lines, start=1)]
     ctx["unused_lines"] = list(range(len(dev.lines) + 1, model.lines + 1))
     ctx["web"] = {acct: {"username": acct, "password": secret(acct)} for acct in vendor.web_accounts}
-    return DeviceContext(vendor, dev, ctx)
+    return DeviceContext(vendor, dev, ctx, shared)
 
 
 def common_context(vendor: VendorProfile, s: ResolvedSettings, model: str | None = None) -> dict:

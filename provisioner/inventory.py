@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import zoneinfo
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -297,6 +297,17 @@ class ResolvedSettings:
     resync_interval: int
     registrar: ResolvedRegistrar
     policy: ResolvedPolicy
+
+    def __hash__(self) -> int:
+        # the key of the per-settings render context: hashed once, not on every device's render
+        h = self.__dict__.get("_hash")
+        if h is None:
+            h = hash(astuple(self))
+            object.__setattr__(self, "_hash", h)
+        return h
+
+    def __getstate__(self) -> dict:  # a big inventory is loaded in another process, with other str hashes
+        return {k: v for k, v in self.__dict__.items() if k != "_hash"}
 
     def in_site(self, ip: str) -> bool:
         try:

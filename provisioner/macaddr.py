@@ -19,4 +19,4 @@ def normalize_mac(text: str) -> str:
 
 
 def colon(mac: str) -> str:
-    return ":".join(mac[i:i + 2] for i in range(0, 12, 2))
+    return f"{mac[0:2]}:{mac[2:4]}:{mac[4:6]}:{mac[6:8]}:{mac[8:10]}:{mac[10:12]}"

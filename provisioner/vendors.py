@@ -176,7 +176,7 @@ class VendorProfile(Strict):
     def upload_regexes(self) -> list[re.Pattern]:
         return [name_regex(u) for u in self.uploads]
 
-    @property
+    @cached_property
     def trigger(self) -> FileSpec:
         return next(f for f in self.files if f.trigger)
 

@@ -145,3 +145,28 @@ def test_standard_offset_in_both_hemispheres():
     assert utc_offset("Australia/Sydney") == ("+10", 600)  # not its January (summer) offset
     assert utc_offset("Asia/Kolkata") == ("+5.5", 330)
     assert utc_offset("America/New_York") == ("-5", -300)
+
+
+def test_one_devices_context_cannot_change_what_another_device_renders(rt, tmp_path):
+    """The site part of a context is computed once and shared; neither code nor a template can modify it,
+    and a value replaced for one device is still checked even though the site part was checked before."""
+    vendor = rt.catalog.get("yealink")
+    a, b = rt.inventory.device("805ec0123456"), rt.inventory.device("805ec0123457")
+    ctx = device_context(a, vendor, {n: Secret("S3cret-" + n) for n in credential_names(a, vendor)})
+    with pytest.raises(TypeError):
+        ctx.values["registrar"]["host"] = "evil.example.net"
+    with pytest.raises(AttributeError):
+        ctx.values["time"]["ntp"].append("evil.example.net")
+    ctx.values["registrar"] = {**ctx.values["registrar"], "host": "x.example.net\naccount.1.enable = 0"}
+    with pytest.raises(RenderError, match=r"registrar\.host"):
+        rt.renderer.device_files(ctx)
+    _, files = render(rt, b.mac)
+    assert kv(files[f"{b.mac}.cfg"])["account.1.sip_server.1.address"] == ["sip.lab.example.net"]
+
+    (tmp_path / "yealink").mkdir()
+    (tmp_path / "yealink" / "device.cfg.j2").write_text(
+        "#!version:1.0.0.1\n{{ lines.append(1) }}x = 1\n")
+    fresh = device_context(a, vendor, {n: Secret("S3cret-" + n) for n in credential_names(a, vendor)})
+    with pytest.raises(RenderError, match="SecurityError") as e:
+        Renderer(tmp_path).render(vendor, "yealink/device.cfg.j2", fresh.values, "device a", shared=fresh.shared)
+    assert len(fresh.values["lines"]) == len(a.lines)

@@ -352,7 +352,7 @@ def test_gigaset_refuses_tls_or_required_srtp_it_cannot_do(rt):
     for key, value, words in (("transport", "tls", "transport_udp"), ("srtp", "required", "srtp_off")):
         ctx = device_context(dev, vendor, creds)
         if key == "transport":
-            ctx.values["registrar"]["transport"] = value
+            ctx.values["registrar"] = {**ctx.values["registrar"], "transport": value}
         else:
             ctx.values["srtp"] = value
         with pytest.raises(RenderError, match=words):
@@ -408,8 +408,9 @@ def test_a_policy_change_reaches_every_template(rt):
         dev = rt.inventory.device(mac)
         vendor = rt.catalog.get(dev.vendor)
         ctx = device_context(dev, vendor, {n: Secret("Ch3ck-" + n) for n in credential_names(dev, vendor)})
-        ctx.values["registrar"]["transport"] = "tcp"
-        ctx.values["srtp"] = ctx.values["policy"]["srtp"] = "off"
+        ctx.values["registrar"] = {**ctx.values["registrar"], "transport": "tcp"}
+        ctx.values["srtp"] = "off"
+        ctx.values["policy"] = {**ctx.values["policy"], "srtp": "off"}
         name, body = rt.renderer.device_file(ctx, vendor.trigger)
         got = parse(vendor.name, body)
         if vendor.name == "cisco":

@@ -465,8 +465,9 @@ def test_a_policy_change_reaches_every_template(rt):
     """transport tcp and srtp off come out in each vendor's own words."""
     for mac in (SNOM, POLYCOM, GXP):
         vendor, ctx = fake_context(rt, mac)
-        ctx.values["registrar"].update(transport="tcp", port=5060)
-        ctx.values["srtp"] = ctx.values["policy"]["srtp"] = "off"
+        ctx.values["registrar"] = {**ctx.values["registrar"], "transport": "tcp", "port": 5060}
+        ctx.values["srtp"] = "off"
+        ctx.values["policy"] = {**ctx.values["policy"], "srtp": "off"}
         _, body = rt.renderer.device_file(ctx, vendor.trigger)
         got = parse(vendor.name, body)
         ln = got["lines"][1]

@@ -244,6 +244,17 @@ class FileMatch:
     model: str | None
 
 
+MEMO_KEY_MAX = 256  # longer file names / User-Agents are looked up, not remembered
+MEMO_ENTRIES = 16384
+_NONE = object()
+
+
+def _memo(d: dict, key: str, value) -> None:
+    if len(d) >= MEMO_ENTRIES:
+        d.clear()
+    d[key] = value
+
+
 @dataclass
 class Catalog:
     """All vendor profiles, by name, plus the file-name index the request pipeline uses."""
@@ -251,12 +262,23 @@ class Catalog:
     vendors: dict[str, VendorProfile]
     sources: dict[str, Source] = field(default_factory=dict)
     routers: dict[str, RouterProfile] = field(default_factory=dict)
+    # every request asks both; answers depend on the string only (bounded: names and UAs come from clients)
+    _files: dict = field(default_factory=dict, repr=False, compare=False)
+    _uas: dict = field(default_factory=dict, repr=False, compare=False)
 
     def get(self, name: str) -> VendorProfile | None:
         return self.vendors.get(name)
 
-    def match_file(self, filename: str) -> list[FileMatch]:
+    def match_file(self, filename: str) -> tuple[FileMatch, ...]:
         """Profiles whose file names match; a literal name (Polycom's 000000000000.cfg) beats any pattern."""
+        hit = self._files.get(filename)
+        if hit is None:
+            hit = self._match_file(filename)
+            if len(filename) <= MEMO_KEY_MAX:
+                _memo(self._files, filename, hit)
+        return hit
+
+    def _match_file(self, filename: str) -> tuple[FileMatch, ...]:
         out = []
         for v in self.vendors.values():
             for spec in v.files:
@@ -265,11 +287,19 @@ class Catalog:
                     gd = m.groupdict()
                     out.append(FileMatch(v, spec, gd.get("mac") and gd["mac"].lower(), gd.get("model")))
         literal = [m for m in out if "{" not in m.spec.name]
-        return literal or out
+        return tuple(literal or out)
 
     def parse_user_agent(self, ua: str | None) -> UserAgentInfo | None:
         if not ua:
             return None
+        hit = self._uas.get(ua, _NONE)
+        if hit is _NONE:
+            hit = self._parse_user_agent(ua)
+            if len(ua) <= MEMO_KEY_MAX:
+                _memo(self._uas, ua, hit)
+        return hit
+
+    def _parse_user_agent(self, ua: str) -> UserAgentInfo | None:
         for v in self.vendors.values():
             for rx in v.ua_regexes:
                 m = rx.search(ua)

@@ -50,7 +50,7 @@ def parse_authorization(header: str | None) -> DigestCredentials | None:
             return None
         key = m.group(1).lower()
         val = m.group(2) if m.group(2) is not None else m.group(3)
-        params[key] = re.sub(r"\\(.)", r"\1", val) if m.group(2) is not None else val
+        params[key] = re.sub(r"\\(.)", r"\1", val) if m.group(2) is not None and "\\" in val else val
         pos = m.end()
         if len(params) > 20:
             return None

@@ -13,6 +13,7 @@ In memory, per process: replicas each keep their own counters (a scanner is thro
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import threading
 import time
@@ -59,6 +60,7 @@ class Guard:
         self.refused_total = 0
 
     @staticmethod
+    @functools.lru_cache(maxsize=16384)  # every request asks; the answer for an address never changes
     def prefix_of(ip: str) -> str | None:
         try:
             addr = ipaddress.ip_address(ip)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+from collections import namedtuple
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,10 +111,50 @@ class DeviceState:
                    r.desired_hash, r.pending_hash, r.lock_reason, r.inputs_hash)
 
 
+class Prepared:
+    """A SELECT compiled once for the engine's dialect and run on a pooled DBAPI connection.
+
+    A boot storm reads a device row per request; SQLAlchemy's per-execution work (execution context,
+    cache key, events, BEGIN) costs ten times the query itself. This keeps SQLAlchemy's SQL, paramstyle
+    and result types (SQLite's datetimes are strings on disk) and skips the rest. Parameters: str only.
+    """
+
+    def __init__(self, engine: Engine, stmt: sa.Select):
+        self._engine = engine
+        dialect = engine.dialect
+        compiled = stmt.compile(dialect=dialect)
+        self._sql = compiled.string
+        self._positional = compiled.positiontup  # qmark (SQLite) or None (named: psycopg)
+        cols = list(stmt.selected_columns)
+        self._row = namedtuple("Row", [c.key for c in cols])
+        procs = [(i, c.type.dialect_impl(dialect).result_processor(dialect, None)) for i, c in enumerate(cols)]
+        self._procs = [(i, f) for i, f in procs if f is not None]
+
+    def first(self, **params: str):
+        args = tuple(params[k] for k in self._positional) if self._positional is not None else params
+        conn = self._engine.raw_connection()
+        try:
+            cur = conn.cursor()
+            try:
+                cur.execute(self._sql, args)
+                raw = cur.fetchone()
+            finally:
+                cur.close()
+        finally:
+            conn.close()  # back to the pool, which ends any transaction the driver began
+        if raw is None:
+            return None
+        values = list(raw)
+        for i, f in self._procs:
+            values[i] = f(values[i])
+        return self._row(*values)
+
+
 class Store:
     def __init__(self, engine: Engine, keyring: Keyring):
         self.engine = engine
         self.keyring = keyring
+        self._device_by_mac = Prepared(engine, sa.select(devices).where(devices.c.mac == sa.bindparam("mac")))
 
     def __repr__(self) -> str:
         return f"Store({self.engine.url.render_as_string(hide_password=True)})"
@@ -138,8 +179,7 @@ class Store:
     # ---- devices ---------------------------------------------------------------------------------
 
     def device(self, mac: str) -> DeviceState | None:
-        with self.engine.connect() as c:
-            r = c.execute(sa.select(devices).where(devices.c.mac == mac)).first()
+        r = self._device_by_mac.first(mac=mac)
         return DeviceState.from_row(r) if r else None
 
     def all_devices(self) -> list[DeviceState]:

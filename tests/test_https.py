@@ -207,3 +207,56 @@ def test_only_the_file_with_the_credentials_enrols(home: Home, tmp_path):
         assert status == 200 and extra.startswith(b"#!version:1.0.0.1")
     finally:
         srv.stop()
+
+
+def _responses(raw: bytes, methods: list[str]) -> list[tuple[int, dict, bytes]]:
+    """Split what came back on one connection into (status, headers, body), one per request sent."""
+    out = []
+    for method in methods:
+        head, _, raw = raw.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+        n = 0 if method == "HEAD" else int(headers["content-length"])
+        out.append((int(lines[0].split()[1]), headers, raw[:n]))
+        raw = raw[n:]
+    assert raw == b"", "nothing after the last answer"
+    return out
+
+
+def test_one_connection_carries_head_pipelined_requests_and_an_upload_in_order(server: Server):
+    """GET and HEAD are answered in the protocol itself, uploads through ASGI: on one connection, requests
+    sent back to back are answered in order, HEAD without a body, `Connection: close` and HTTP/1.0 honoured."""
+    import socket
+    import ssl
+    ctx = ssl.create_default_context(cafile=str(server.ca))
+    ua = "Yealink SIP-T46G 28.83.0.50"
+
+    def exchange(data: bytes) -> bytes:
+        with ctx.wrap_socket(socket.create_connection(("127.0.0.1", server.https_port), timeout=10),
+                             server_hostname="127.0.0.1") as s:
+            s.sendall(data)
+            got = b""
+            for _ in range(200):  # until the server closes the connection
+                chunk = s.recv(65536)
+                if not chunk:
+                    return got
+                got += chunk
+        raise AssertionError("the server did not close the connection")
+
+    common = f"Host: x\r\nUser-Agent: {ua}\r\n"
+    raw = exchange((f"HEAD /p/y000000000000.cfg HTTP/1.1\r\n{common}\r\n"
+                    f"GET /p/y000000000000.cfg HTTP/1.1\r\n{common}\r\n"
+                    f"PUT /p/{MAC}-local.cfg HTTP/1.1\r\n{common}Content-Length: 5\r\n\r\nhello"
+                    f"GET /p/ca.pem HTTP/1.1\r\n{common}\r\n"
+                    f"GET /healthz HTTP/1.1\r\n{common}Connection: close\r\n\r\n").encode())
+    (hs, hh, hb), (gs, gh, gb), (ps, ph, _), (cs, _, cb), (zs, zh, zb) = _responses(
+        raw, ["HEAD", "GET", "PUT", "GET", "GET"])
+    assert (hs, gs) == (200, 200) and hb == b"" and gb.startswith(b"#!version:1.0.0.1")
+    assert hh["content-length"] == gh["content-length"] == str(len(gb)) and "date" in gh
+    assert gh["cache-control"] == "no-store" and "connection" not in gh  # kept alive
+    assert ps == 401 and "digest" in ph["www-authenticate"].lower()  # the upload (ASGI), then in order:
+    assert cs == 200 and cb.startswith(b"-----BEGIN CERTIFICATE-----")
+    assert (zs, zb, zh["connection"]) == (200, b"ok\n", "close")
+
+    (status, headers, body), = _responses(exchange(b"GET /healthz HTTP/1.0\r\n\r\n"), ["GET"])
+    assert (status, body, headers["connection"]) == (200, b"ok\n", "close")  # and then closed (exchange)

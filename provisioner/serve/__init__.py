@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 import ssl
@@ -18,8 +19,8 @@ from provisioner.operations import reconcile, sync_inventory
 from provisioner.registrar.acl import export as export_acls
 from provisioner.runtime import Runtime
 from provisioner.serve.digest import DigestAuth
-from provisioner.serve.https import create_app
-from provisioner.serve.protocol import PhoneProtocol
+from provisioner.serve.https import answer, create_app
+from provisioner.serve.protocol import with_direct
 from provisioner.serve.pipeline import EventRecorder, Pipeline
 from provisioner.serve.tftp import TftpService
 from provisioner.serve.tls import ensure_tls
@@ -150,7 +151,7 @@ def run(rt: Runtime, https: str, tftp: str | None, echo=print, sip_pnp: list[str
                             access_log=False, server_header=False, date_header=True, proxy_headers=False,
                             lifespan="off",
                             timeout_keep_alive=15, limit_concurrency=4096, h11_max_incomplete_event_size=16384,
-                            http=PhoneProtocol,
+                            http=with_direct(functools.partial(answer, pipeline)),
                             ssl_ca_certs=client_ca, ssl_cert_reqs=ssl.CERT_OPTIONAL if client_ca else ssl.CERT_NONE)
     server = uvicorn.Server(config)
     watcher = InventoryWatcher(rt)

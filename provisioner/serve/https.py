@@ -1,8 +1,9 @@
-"""Phone-facing HTTPS: a bare ASGI app over the pipeline, built for boot storms.
+"""Phone-facing HTTPS: two routes (`/p/<file>` and `/healthz`) over the pipeline, built for boot storms.
 
-Two routes (`/p/<file>` and `/healthz`) do not need a framework: skipping routing and middleware layers
-roughly halves the Python work per request. GETs run on the event loop (a cached answer is pure CPU and
-a thread hop costs more than it saves); uploads, which write to the store, go to a worker thread.
+`answer` is the whole of it. The phone protocol (protocol.py) calls it directly for GET and HEAD, with no
+ASGI task per request; the bare ASGI app below serves what remains (uploads, which read a body and write
+to the store in a worker thread). No framework: routing and middleware layers would double the Python
+work per request.
 """
 
 from __future__ import annotations
@@ -13,14 +14,36 @@ from provisioner.serve.pipeline import MAX_UPLOAD, Pipeline, Request
 
 SECURITY_HEADERS = [(b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff")]
 PREFIX = "/p/"
+TEXT = "text/plain; charset=utf-8"
 
 
-async def _send(send, status: int, body: bytes, content_type: str, extra: list | None = None,
-                head: bool = False) -> None:
-    headers = [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode()),
-               *SECURITY_HEADERS, *(extra or [])]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": b"" if head else body})
+def _reply(status: int, body: bytes, content_type: str, extra: list | None = None) -> tuple[int, bytes, list]:
+    return status, body, [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode()),
+                          *SECURITY_HEADERS, *(extra or [])]
+
+
+def answer(pipeline: Pipeline, method: str, path: str, headers: list[tuple[bytes, bytes]], client_ip: str,
+           client_cert: dict | None, body: bytes = b"") -> tuple[int, bytes, list]:
+    """(status, body, headers) for one request; `path` is already percent-decoded. HEAD: the caller drops
+    the body and keeps its length."""
+    if path == "/healthz" and method in ("GET", "HEAD"):
+        return _reply(200, b"ok\n", TEXT)
+    if not path.startswith(PREFIX) or method not in ("GET", "HEAD", "PUT"):
+        return _reply(404, b"not found\n", TEXT)
+    ua = auth = None
+    for k, v in headers:
+        if k == b"user-agent":
+            ua = v.decode("latin-1")
+        elif k == b"authorization":
+            auth = v.decode("latin-1")
+    reply = pipeline.handle(Request("https", path[len(PREFIX):], client_ip, ua, auth, method, path, client_cert,
+                                    body))
+    extra = []
+    if reply.status == 401:
+        extra.append((b"www-authenticate", pipeline.digest.challenge(stale=reply.stale).encode()))
+    if reply.retry_after:
+        extra.append((b"retry-after", str(reply.retry_after).encode()))
+    return _reply(reply.status, reply.body, reply.content_type, extra)
 
 
 def create_app(pipeline: Pipeline):
@@ -35,36 +58,20 @@ def create_app(pipeline: Pipeline):
                     return
         if scope["type"] != "http":
             return
-        path, method = scope["path"], scope["method"]
-        if path == "/healthz" and method in ("GET", "HEAD"):
-            return await _send(send, 200, b"ok\n", "text/plain; charset=utf-8", head=method == "HEAD")
-        if not path.startswith(PREFIX) or method not in ("GET", "HEAD", "PUT"):
-            return await _send(send, 404, b"not found\n", "text/plain; charset=utf-8")
-        headers = {}
-        for k, v in scope["headers"]:
-            if k in (b"user-agent", b"authorization"):
-                headers[k] = v.decode("latin-1")
+        method = scope["method"]
         client = scope.get("client")
-        tls = (scope.get("extensions") or {}).get("tls") or {}
-        body = b""
-        if method == "PUT":
-            more = True
+        cert = ((scope.get("extensions") or {}).get("tls") or {}).get("client_cert")
+        args = (pipeline, method, scope["path"], scope["headers"], client[0] if client else "0.0.0.0", cert)
+        if method == "PUT" and scope["path"].startswith(PREFIX):
+            body, more = b"", True
             while more and len(body) <= MAX_UPLOAD:  # bounded: one byte over the limit is enough to refuse
                 msg = await receive()
                 body += msg.get("body", b"")
                 more = msg.get("more_body", False)
-        req = Request("https", path[len(PREFIX):], client[0] if client else "0.0.0.0",  # path: already decoded
-                      headers.get(b"user-agent"), headers.get(b"authorization"), method, path,
-                      tls.get("client_cert"), body)
-        if method == "PUT":
-            reply = await to_thread.run_sync(pipeline.handle, req)
+            status, data, headers = await to_thread.run_sync(answer, *args, body)
         else:
-            reply = pipeline.handle(req)
-        extra = []
-        if reply.status == 401:
-            extra.append((b"www-authenticate", pipeline.digest.challenge(stale=reply.stale).encode()))
-        if reply.retry_after:
-            extra.append((b"retry-after", str(reply.retry_after).encode()))
-        await _send(send, reply.status, reply.body, reply.content_type, extra, head=method == "HEAD")
+            status, data, headers = answer(*args)
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if method == "HEAD" else data})
 
     return app

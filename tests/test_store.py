@@ -101,6 +101,17 @@ def test_fetch_events_round_trip(store: Store):
     assert row["status"] == 401 and row["reason"] == "unknown device"
 
 
+def test_batched_sightings_refresh_last_seen_and_never_move_it_back(store: Store):
+    add_device(store)
+    t1 = utcnow()
+    t2 = t1 + dt.timedelta(seconds=30)
+    store.record_fetches([], [{"m": "805ec0000001", "ip": "10.0.0.7", "ua": "Yealink SIP-T46G", "at": t2}])
+    store.record_fetches([], [{"m": "805ec0000001", "ip": "10.0.0.9", "ua": "old", "at": t1}])  # arrives late
+    st = store.device("805ec0000001")
+    assert (st.last_seen, st.last_ip, st.last_ua) == (t2, "10.0.0.7", "Yealink SIP-T46G")
+    assert st.last_seen.tzinfo is not None
+
+
 def test_master_key_file_is_private_and_checked(tmp_path, monkeypatch):
     monkeypatch.delenv("PROVISIONER_MASTER_KEY", raising=False)
     key = load_or_create_key(tmp_path)

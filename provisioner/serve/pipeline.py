@@ -96,16 +96,27 @@ class EventRecorder:
         except queue.Full:
             log.warning("event queue full; dropping a fetch event")
 
+    def seen(self, mac: str, ip: str, ua: str | None, at) -> None:
+        """A device fetched the config it already holds: last_seen/last_ip/last_ua, in the next batch."""
+        try:
+            self._q.put_nowait(("seen", {"m": mac, "ip": ip, "ua": (ua or "")[:255], "at": at}))
+        except queue.Full:
+            pass  # a later fetch refreshes it
+
     def _drain(self) -> None:
-        rows = []
-        while len(rows) < self._batch:
+        rows, seen = [], []
+        while len(rows) + len(seen) < self._batch:
             try:
-                rows.append(self._q.get_nowait())
+                item = self._q.get_nowait()
             except queue.Empty:
                 break
-        if rows:
+            if isinstance(item, tuple):
+                seen.append(item[1])
+            else:
+                rows.append(item)
+        if rows or seen:
             try:
-                self._rt.store.record_fetches(rows)
+                self._rt.store.record_fetches(rows, seen)
             except Exception:  # never let the recorder die; the rows carry no secrets
                 log.exception("could not record %d fetch events", len(rows))
 
@@ -297,14 +308,18 @@ class Pipeline:
         return hit
 
     def _mark_served(self, st, digest: str, req: Request, now) -> None:
-        """Record what the device now holds; a steady resync refreshes last_seen at most once a minute."""
+        """Record what the device now holds; a steady resync refreshes last_seen at most once a minute,
+        and off the request path (a boot storm of devices that hold their config writes nothing inline)."""
         last = self._served.get(st.mac)
         if (st.served_hash == digest and last is not None and last[0] == digest and last[1] == req.ip
                 and time.monotonic() - last[2] < SEEN_REFRESH):
             return
-        self.rt.store.mark_served(st.mac, digest, req.ip, req.user_agent, now)
+        if st.served_hash == digest and self.recorder is not None:
+            self.recorder.seen(st.mac, req.ip, req.user_agent, now)
+        else:  # a new config reached the device: drift and rotation depend on it, written now
+            self.rt.store.mark_served(st.mac, digest, req.ip, req.user_agent, now)
+            self._forget(st.mac)
         self._served[st.mac] = (digest, req.ip, time.monotonic())
-        self._forget(st.mac)
 
     # ---- render ----------------------------------------------------------------------------------
 

@@ -281,12 +281,21 @@ class Store:
 
     # ---- fetch events ----------------------------------------------------------------------------
 
-    def record_fetches(self, rows: Iterable[dict]) -> None:
-        rows = list(rows)
-        if not rows:
+    def record_fetches(self, rows: Iterable[dict], seen: Iterable[dict] = ()) -> None:
+        """Fetch events, and devices seen again with the config they already hold (mac, ip, ua, at):
+        bookkeeping written in batches. A later sighting never moves last_seen back."""
+        rows, seen = list(rows), list(seen)
+        if not rows and not seen:
             return
         with self.write() as c:
-            c.execute(fetch_events.insert(), rows)
+            if rows:
+                c.execute(fetch_events.insert(), rows)
+            if seen:
+                c.execute(devices.update()
+                          .where(devices.c.mac == sa.bindparam("m"),
+                                 sa.or_(devices.c.last_seen.is_(None), devices.c.last_seen < sa.bindparam("at")))
+                          .values(last_seen=sa.bindparam("at"), last_ip=sa.bindparam("ip"),
+                                  last_ua=sa.bindparam("ua"), updated_at=sa.bindparam("at")), seen)
 
     def mark_served(self, mac: str, digest: str, ip: str, ua: str | None, now: dt.datetime) -> None:
         with self.write() as c:

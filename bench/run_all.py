@@ -43,7 +43,7 @@ GOALS = {
 
 FULL = dict(storm_devices=10_000, storm_clients=4, tftp_devices=2000, tftp_small=3000, tftp_big=1000,
             tftp_concurrency=32, tftp_hpa_small=1000, tftp_hpa_big=300, tftp_hpa_concurrency=16, tftp_rounds=3,
-            render_devices=10_000, render_rounds=3, rss_devices=100_000, rss_restart=True)
+            render_devices=10_000, render_rounds=5, rss_devices=100_000, rss_restart=True)
 QUICK = dict(storm_devices=1000, storm_clients=4, tftp_devices=500, tftp_small=1000, tftp_big=200,
              tftp_concurrency=32, tftp_hpa_small=300, tftp_hpa_big=150, tftp_hpa_concurrency=16, tftp_rounds=2,
              render_devices=10_000, render_rounds=1, rss_devices=20_000, rss_restart=False)
@@ -99,8 +99,30 @@ class Table:
             print(line(r), file=out)
 
 
+def _cpu_idle(seconds: float) -> float:
+    """Share of all CPUs' time idle over `seconds` (/proc/stat)."""
+    def sample():
+        f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return f[3] + f[4], sum(f)  # idle + iowait, total
+    i0, t0 = sample()
+    time.sleep(seconds)
+    i1, t1 = sample()
+    return (i1 - i0) / max(1, t1 - t0)
+
+
+def settle(limit: float = 30.0) -> float:
+    """Wait (bounded) until the previous benchmark's processes are gone: a machine at least 85 % idle over
+    half a second. Returns the seconds waited."""
+    start = time.monotonic()
+    while time.monotonic() - start < limit and _cpu_idle(0.5) < 0.85:
+        pass
+    return time.monotonic() - start
+
+
 def section(name: str):
-    print(f"\n== {name} (load average {loadavg()})", flush=True)
+    waited = settle()
+    print(f"\n== {name} (load average {loadavg()}" + (f"; waited {waited:.0f} s for a quiet machine"
+                                                      if waited >= 1 else "") + ")", flush=True)
 
 
 def main() -> int:

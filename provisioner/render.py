@@ -108,7 +108,7 @@ def _strings(node: Any) -> list[str]:
         t = type(n)
         if t is str:
             out.append(n)
-        elif t is int or n is None:
+        elif t is int or t is range or n is None:
             continue
         elif t is dict or t is MappingProxyType:
             stack.extend(n.values())

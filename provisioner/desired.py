@@ -58,7 +58,8 @@ def _posix_minutes(text: str) -> int:
 def tz_facts(tz: str) -> dict:
     """What phones without an Olson database want to know about a zone, from the POSIX TZ rule at the end
     of its TZif file: standard offset, DST rule (month, week 1-5 with 5 = last, weekday 0 = Sunday, local
-    hour:minute, saving), ISO country (zone.tab). Values are None where the system's tzdata does not say."""
+    hour:minute, saving), ISO country (zone.tab). Values are None where the system's tzdata does not say.
+    Read-only: every caller shares the cached answer."""
     posix = country = None
     for base in zoneinfo.TZPATH:
         try:
@@ -98,8 +99,8 @@ def tz_facts(tz: str) -> dict:
             std, save, start, end = dst_off, -save, end, start
         dst = {"start": start, "end": end, "save_minutes": save}
     sign = "-" if std < 0 else "+"
-    return {"posix_tz": posix if m else None, "country": country, "standard_offset_minutes": std,
-            "utc_offset_hhmm": f"{sign}{abs(std) // 60:02d}:{abs(std) % 60:02d}", "dst": dst}
+    return read_only({"posix_tz": posix if m else None, "country": country, "standard_offset_minutes": std,
+                      "utc_offset_hhmm": f"{sign}{abs(std) // 60:02d}:{abs(std) % 60:02d}", "dst": dst})
 
 
 def read_only(value: Any) -> Any:

@@ -7,10 +7,10 @@ No secret ever lives here: models forbid unknown fields and none of them holds a
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import zoneinfo
-import functools
 from dataclasses import astuple, dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal

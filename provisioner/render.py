@@ -114,10 +114,10 @@ def _strings(node: Any) -> list[str]:
             stack.extend(n.values())
         elif t is list or t is tuple:
             stack.extend(n)
-        elif t is Secret:
+        elif t is Secret or isinstance(n, Secret):
             out.append(n.reveal())
         elif isinstance(n, str):
-            out.append(str(n))
+            out.append(n)
         elif isinstance(n, Mapping):
             stack.extend(n.values())
         elif isinstance(n, (list, tuple)):

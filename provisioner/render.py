@@ -14,7 +14,7 @@ import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -125,6 +125,22 @@ def _strings(node: Any) -> list[str]:
     return out
 
 
+def _suspicious_fields(node: Any, path: str, suspicious: re.Pattern) -> Iterator[tuple[str, str]]:
+    """(path, text) of every string under `node` that `suspicious` finds something in. One regex search
+    over all of a node's strings decides; only a node with a hit is descended into (to name the field)."""
+    if not suspicious.search("".join(_strings(node))):
+        return
+    if isinstance(node, Mapping):
+        children = ((f"{path}.{k}" if path else str(k), v) for k, v in node.items())
+    elif isinstance(node, (list, tuple)):
+        children = ((f"{path}[{i}]", v) for i, v in enumerate(node))
+    else:
+        yield path, node.reveal() if isinstance(node, Secret) else node
+        return
+    for child_path, child in children:
+        yield from _suspicious_fields(child, child_path, suspicious)
+
+
 class Renderer:
     def __init__(self, templates_dir: Path):
         self.templates_dir = templates_dir
@@ -133,20 +149,7 @@ class Renderer:
     def check_context(self, ctx: Any, fmt: str, who: str) -> None:
         """Refuse values that would break or smuggle settings into the format; name the field."""
         suspicious = _KV_SUSPICIOUS if fmt == "keyvalue" else _CONTROL
-        if not suspicious.search("".join(_strings(ctx))):
-            return  # the common case, in one regex search; otherwise walk again to name the field
-        stack: list[tuple[str, Any]] = [("", ctx)]
-        while stack:
-            path, node = stack.pop()
-            if isinstance(node, Mapping):
-                stack.extend((f"{path}.{k}" if path else str(k), v) for k, v in node.items())
-                continue
-            if isinstance(node, (list, tuple)):
-                stack.extend((f"{path}[{i}]", v) for i, v in enumerate(node))
-                continue
-            text = node.reveal() if isinstance(node, Secret) else node
-            if not isinstance(text, str) or not suspicious.search(text):
-                continue
+        for path, text in _suspicious_fields(ctx, "", suspicious):
             if _CONTROL.search(text):
                 raise RenderError(f"{who}: field {path}: contains a control character (new line, tab, ...); refused")
             if not path.endswith("url"):

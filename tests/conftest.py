@@ -200,8 +200,19 @@ def db_url(request, tmp_path):
 
 
 def ua_for(mac: str, model: str = "T46G", firmware: str = "66.86.0.15") -> str:
-    colon = ":".join(mac[i:i + 2] for i in range(0, 12, 2))
-    return f"Yealink SIP-{model} {firmware} {colon}"
+    from provisioner.macaddr import colon
+    return f"Yealink SIP-{model} {firmware} {colon(mac)}"
+
+
+def poll(fetch, done, timeout: float = 10.0, every: float = 0.1):
+    """fetch() until done(result) or `timeout` seconds: a bounded wait for what serve writes in batches
+    (fetch events). Returns the last result, for the caller to assert on."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = fetch()
+        if done(got) or time.monotonic() > deadline:
+            return got
+        time.sleep(every)
 
 
 def kv(body: bytes) -> dict[str, list[str]]:

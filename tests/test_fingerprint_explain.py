@@ -4,12 +4,11 @@ technician's question "why does this phone get a 401/404?" from a real server's 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import Home, Server, ua_for
+from conftest import Home, Server, poll, ua_for
 from provisioner.discovery.sip_pnp import parse, parse_pnp
 from provisioner.fingerprint import Evidence, identify
 from provisioner.runtime import Runtime
@@ -106,12 +105,8 @@ def test_sip_pnp_subscribes_are_identified(catalog, fields, expected):
 
 def _explain(home: Home, mac: str, expect_rows: int) -> dict:
     """`explain --json`, once the server's batched fetch records have landed (bounded wait)."""
-    deadline = time.monotonic() + 10
-    while True:
-        res = json.loads(home.cli("explain", mac, "--json", check=True).stdout)
-        if len(res["requests"]) >= expect_rows or time.monotonic() > deadline:
-            return res
-        time.sleep(0.2)
+    return poll(lambda: json.loads(home.cli("explain", mac, "--json", check=True).stdout),
+                lambda res: len(res["requests"]) >= expect_rows, every=0.2)
 
 
 def test_explain_a_known_phone_that_lost_its_credentials(server: Server, home: Home):

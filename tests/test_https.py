@@ -6,7 +6,7 @@ import re
 import sqlite3
 import time
 
-from conftest import Home, Server, kv, start_server, ua_for
+from conftest import Home, Server, kv, poll, start_server, ua_for
 
 MAC = "805ec0123456"
 FILE = f"{MAC}.cfg"
@@ -104,14 +104,9 @@ def test_every_fetch_is_recorded_with_hash_and_reason(server: Server, home: Home
     ua = ua_for(MAC)
     server.curl(FILE, ua)
     server.curl(FILE, ua)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        rows = sqlite3.connect(home.path / "state.db").execute(
-            "select status, hash, user_agent, source_ip, reason from fetch_events where mac=? order by id",
-            (MAC,)).fetchall()
-        if len(rows) >= 2:
-            break
-        time.sleep(0.1)
+    rows = poll(lambda: sqlite3.connect(home.path / "state.db").execute(
+        "select status, hash, user_agent, source_ip, reason from fetch_events where mac=? order by id",
+        (MAC,)).fetchall(), lambda rows: len(rows) >= 2, timeout=5)
     assert [r[0] for r in rows] == [200, 401]
     assert rows[0][1] and len(rows[0][1]) == 64 and rows[0][2] == ua and rows[0][3] == "127.0.0.1"
     assert "enrolment" in rows[0][4] and "window is closed" in rows[1][4]
@@ -192,14 +187,9 @@ def test_only_the_file_with_the_credentials_enrols(home: Home, tmp_path):
         ua = ua_for(MAC)
         status, _ = srv.curl(f"{MAC}-contacts.cfg", ua)
         assert status == 401
-        deadline = time.monotonic() + 5  # fetch events are written in batches, off the request path
-        while True:
-            reason = sqlite3.connect(home.path / "state.db").execute(
-                "select reason from fetch_events where filename = ? order by id desc",
-                (f"{MAC}-contacts.cfg",)).fetchone()
-            if reason or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
+        reason = poll(lambda: sqlite3.connect(home.path / "state.db").execute(  # written in batches
+            "select reason from fetch_events where filename = ? order by id desc",
+            (f"{MAC}-contacts.cfg",)).fetchone(), bool, timeout=5)
         assert reason and f"enrolment happens with {FILE}" in reason[0]
         status, cfg = srv.curl(FILE, ua)  # the window is still open: the device's own file enrols it
         assert status == 200

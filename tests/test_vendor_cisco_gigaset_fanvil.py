@@ -20,28 +20,11 @@ from provisioner.desired import credential_names, device_context
 from provisioner.errors import RenderError
 from provisioner.runtime import Runtime
 from provisioner.secret import MASK, Secret
-from vendor_kit import check, distinct, fixtures, parse_with, render
+from vendor_kit import check, distinct, fixtures, lab_inventory, parse_with, render
 
 GOLDEN = REPO / "tests" / "golden"
 
-INVENTORY = """\
-# Test inventory: one lab site on loopback, one device per profile (and the Cisco ATA).
-defaults:
-  provisioning_url: https://127.0.0.1:8443/p/
-  tftp_url: tftp://127.0.0.1:6969/
-  timezone: Europe/Paris
-  ntp: [0.fr.pool.ntp.org, 1.fr.pool.ntp.org]
-  resync_interval: 86400
-  registrar:
-    host: sip.lab.example.net
-    transport: tls
-  policy:
-    srtp: required
-    blocked_prefixes: ["00", "0899", "118"]
-sites:
-  lab:
-    networks: [127.0.0.0/8]
-devices:
+INVENTORY = lab_inventory('one device per profile (and the Cisco ATA).', '["00", "0899", "118"]', """\
   - mac: 00:02:fd:12:34:56
     vendor: cisco
     model: SPA504G
@@ -79,7 +62,7 @@ devices:
     site: lab
     lines:
       - {extension: "501", display_name: Fanvil}
-"""
+""")
 
 CISCO, CISCO_ATA, GIGASET, NX70, FANVIL = ("0002fd123456", "0002fd123457", "7c2f80123456", "7c2f80abcdef",
                                            "0c383e123456")

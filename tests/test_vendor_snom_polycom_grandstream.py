@@ -20,28 +20,11 @@ from conftest import REPO, start_server
 from provisioner.desired import common_context, credential_names, device_context
 from provisioner.runtime import Runtime
 from provisioner.secret import MASK, Secret
-from vendor_kit import check, distinct, fixtures, parse_with, render
+from vendor_kit import check, distinct, fixtures, lab_inventory, parse_with, render
 
 GOLDEN = REPO / "tests" / "golden"
 
-INVENTORY = """\
-# Test inventory: one lab site on loopback, Snom, Polycom (VVX and the OVH IP5000) and Grandstream phones.
-defaults:
-  provisioning_url: https://127.0.0.1:8443/p/
-  tftp_url: tftp://127.0.0.1:6969/
-  timezone: Europe/Paris
-  ntp: [0.fr.pool.ntp.org, 1.fr.pool.ntp.org]
-  resync_interval: 86400
-  registrar:
-    host: sip.lab.example.net
-    transport: tls
-  policy:
-    srtp: required
-    blocked_prefixes: ["00", "0899", "118", "+33899"]
-sites:
-  lab:
-    networks: [127.0.0.0/8]
-devices:
+INVENTORY = lab_inventory('Snom, Polycom (VVX and the OVH IP5000) and Grandstream phones.', '["00", "0899", "118", "+33899"]', """\
   - mac: 00:04:13:12:34:56
     vendor: snom
     model: D735
@@ -80,7 +63,7 @@ devices:
     policy: {srtp: optional, blocked_prefixes: []}
     lines:
       - {extension: "804", display_name: Accueil}
-"""
+""")
 
 SNOM, POLYCOM, IP5000, GXP, GRP = "000413123456", "0004f2123456", "0004f2abcdef", "000b82123456", "c074ad123456"
 ONE_PER_PROFILE = (SNOM, POLYCOM, GXP)

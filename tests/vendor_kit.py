@@ -40,6 +40,30 @@ def render(rt: Runtime, mac: str):
     return dev, vendor, creds, rt.renderer.device_files(device_context(dev, vendor, creds))
 
 
+def lab_inventory(comment: str, blocked_prefixes: str, devices: str) -> str:
+    """A test inventory: one lab site on loopback with the settings every vendor test checks, `devices`
+    (YAML list items, indented by two) below it."""
+    return f"""\
+# Test inventory: one lab site on loopback, {comment}
+defaults:
+  provisioning_url: https://127.0.0.1:8443/p/
+  tftp_url: tftp://127.0.0.1:6969/
+  timezone: Europe/Paris
+  ntp: [0.fr.pool.ntp.org, 1.fr.pool.ntp.org]
+  resync_interval: 86400
+  registrar:
+    host: sip.lab.example.net
+    transport: tls
+  policy:
+    srtp: required
+    blocked_prefixes: {blocked_prefixes}
+sites:
+  lab:
+    networks: [127.0.0.0/8]
+devices:
+""" + devices
+
+
 def fixtures(prefix: str, text: str):
     """(inventory, rt, home) fixtures for a test module whose devices are in the inventory `text`."""
 

@@ -21,6 +21,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
+from provisioner.inventory import parse_ip
+
 
 @dataclass
 class GuardPolicy:
@@ -62,9 +64,8 @@ class Guard:
     @staticmethod
     @functools.lru_cache(maxsize=16384)  # every request asks; the answer for an address never changes
     def prefix_of(ip: str) -> str | None:
-        try:
-            addr = ipaddress.ip_address(ip)
-        except ValueError:
+        addr = parse_ip(ip)
+        if addr is None:
             return None
         bits = 24 if addr.version == 4 else 64
         return "net:" + str(ipaddress.ip_network(f"{addr}/{bits}", strict=False))

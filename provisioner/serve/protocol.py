@@ -113,8 +113,9 @@ class PhoneProtocol(HttpToolsProtocol):
             status, body, headers = self.direct(method, path, self.headers, client, cert)
         except Exception:
             log.exception("answering %s %s", method, path)
-            status, body, headers = 500, b"internal error\n", [(b"content-type", b"text/plain; charset=utf-8"),
-                                                               (b"content-length", b"15")]
+            body = b"internal error\n"
+            status, headers = 500, [(b"content-type", b"text/plain; charset=utf-8"),
+                                    (b"content-length", str(len(body)).encode())]
             keep_alive = False
         out = [STATUS_LINE[status]]
         for name, value in (*self.server_state.default_headers, *headers):

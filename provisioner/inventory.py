@@ -437,6 +437,7 @@ class Inventory:
     site_settings: dict[str, ResolvedSettings]
     security: Security = field(default_factory=lambda: Security())
     discovery: Any = None  # provisioner.discovery.config.DiscoveryConfig when the section is present
+    zero_touch: Any = None  # provisioner.zerotouch.config.ZeroTouchConfig when the section is present
     routers: dict[str, ResolvedRouter] = field(default_factory=dict)
     router_index: dict[str, int] = field(default_factory=dict)  # MAC -> position in the routers list
 
@@ -467,7 +468,7 @@ class Inventory:
         return self.site_settings[site] if site else resolve_settings(self.defaults)
 
 
-TOP_KEYS = {"defaults", "sites", "devices", "security", "discovery", "routers"}
+TOP_KEYS = {"defaults", "sites", "devices", "security", "discovery", "routers", "zero_touch"}
 
 
 BIG_INVENTORY = 4 * 2**20  # bytes; larger files are parsed in a child process
@@ -517,6 +518,14 @@ def _load_inventory(path: Path, catalog: Catalog) -> Inventory:
         except ValidationError as e:
             problems.extend(src.problems_from(e, ("discovery",)))
 
+    zero_touch = None
+    if data.get("zero_touch") is not None:  # optional; its model lives with zero-touch (no secrets in it)
+        from provisioner.zerotouch.config import ZeroTouchConfig
+        try:
+            zero_touch = ZeroTouchConfig.model_validate(plain(data["zero_touch"]))
+        except ValidationError as e:
+            problems.extend(src.problems_from(e, ("zero_touch",)))
+
     security = Security()
     if data.get("security") is not None:
         try:
@@ -543,6 +552,11 @@ def _load_inventory(path: Path, catalog: Catalog) -> Inventory:
     for i, name in enumerate(discovery.sip_pnp.auto_enrol_sites if discovery is not None else ()):
         if name not in raw_sites:
             problems.append(src.problem(("discovery", "sip_pnp", "auto_enrol_sites", i), f"unknown site {name!r}"))
+    sraps = zero_touch.redirect.snom_sraps if zero_touch is not None else None
+    for name in (sraps.profiles if sraps is not None else ()):
+        if name not in raw_sites:
+            problems.append(src.problem(("zero_touch", "redirect", "snom-sraps", "profiles", name),
+                                        f"unknown site {name!r}"))
 
     devices: dict[str, Device] = {}
     index: dict[str, int] = {}
@@ -610,7 +624,7 @@ def _load_inventory(path: Path, catalog: Catalog) -> Inventory:
     src.data = None  # problems found later are located by re-parsing the text (Source.positioned)
     resolved_routers = {r.mac: _resolve_router(r, site_settings[r.site], path) for _, r in routers}
     return Inventory(path, src, defaults, sites, resolved, index, site_settings, security, discovery,
-                     routers=resolved_routers, router_index={r.mac: i for i, r in routers})
+                     routers=resolved_routers, router_index={r.mac: i for i, r in routers}, zero_touch=zero_touch)
 
 
 def _check_routers(src: Source, raw: Any, catalog: Catalog, raw_sites: dict, device_index: dict[str, int],

@@ -613,6 +613,10 @@ def decommission(rt: Runtime, mac: str, actor: str, why: str = "decommissioned")
     kill_point("decommission.store")
     reg_error = _registrar_now(rt, dev, None) if dev is not None else None
     hint = f" Remove it from {rt.inventory_path} too." if dev is not None else ""
+    from provisioner.zerotouch.service import on_decommission  # its vendor's cloud must not send it here any more
+    redirect_error = on_decommission(rt, m, actor)
+    if redirect_error:
+        hint += f" Still registered for redirection: {redirect_error}."
     return LifecycleResult(m, "decommissioned", st.state, registrar_error=reg_error,
                            message="every credential retired and removed from the registrar; the server refuses "
                                    "the device." + hint)

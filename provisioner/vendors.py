@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from provisioner.credentials import PasswordRule
 from provisioner.macaddr import normalize_mac
 from provisioner.yamlsrc import Problem, ProblemsError, Source, plain
+from provisioner.zerotouch.model import ZeroTouch
 
 PLACEHOLDERS = {
     "{mac}": r"(?P<mac>[0-9a-f]{12})",
@@ -127,6 +128,7 @@ class VendorProfile(Strict):
     client_certificates: bool = False
     min_firmware: str | None = None
     models: dict[str, Model]
+    zero_touch: ZeroTouch = ZeroTouch()  # how a factory-fresh unit finds its server (issue 19)
 
     @field_validator("ouis")
     @classmethod

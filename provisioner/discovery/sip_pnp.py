@@ -533,6 +533,7 @@ class ServeResponder:
         self._error: BaseException | None = None
         self._recorded: dict[str, float] = {}
         self.responder: Responder | None = None
+        self.heartbeat = None  # provisioner.zerotouch.state.PnpHeartbeat once running
 
     def _record(self, o: Observation) -> None:
         key = o.mac or o.ip or "?"
@@ -562,12 +563,24 @@ class ServeResponder:
             loop.close()
             return
         self._ready.set()
+        self._beat()  # zero-touch (issue 19): `provisioner zero-touch` sees this responder on its networks
         try:
             loop.run_forever()
         finally:
             self.responder.close()
             loop.run_until_complete(asyncio.sleep(0))
             loop.close()
+
+    def _beat(self) -> None:
+        try:
+            if self.heartbeat is None:
+                from provisioner.zerotouch.state import PnpHeartbeat
+                self.heartbeat = PnpHeartbeat(self.rt.store, list(self.interfaces) or local_ipv4())
+            self.heartbeat.beat()
+        except Exception:
+            log.exception("SIP PnP: could not record the responder's heartbeat")
+        from provisioner.zerotouch.state import PNP_HEARTBEAT
+        self._loop.call_later(PNP_HEARTBEAT, self._beat)
 
     def start(self) -> str:
         self._thread = threading.Thread(target=self._run, name="sip-pnp", daemon=True)
@@ -583,6 +596,11 @@ class ServeResponder:
         if self._loop is not None and self._thread is not None and self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=5)
+        if self.heartbeat is not None:
+            try:
+                self.heartbeat.stop()
+            except Exception:
+                log.exception("SIP PnP: could not remove the responder's heartbeat")
 
 
 def check_interface(ip: str) -> str:

@@ -26,6 +26,7 @@ from provisioner.secret import Secret
 from provisioner.store.schema import audit_head, audit_log, credentials, devices, fetch_events
 from provisioner.store.uploads_schema import uploads
 from provisioner.store import observations as _observations  # noqa: F401  (discovery's table, migration 0002)
+from provisioner.store import zerotouch_schema as _zerotouch  # noqa: F401  (issue 19, migration 0007_i19)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 

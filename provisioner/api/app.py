@@ -143,6 +143,25 @@ class DeviceDetail(DeviceSummary):
     jobs: list[JobOut]
 
 
+class ZeroTouchPath(BaseModel):
+    supported: bool = Field(description="by the device's vendor/model firmware")
+    in_place: bool = Field(description="set up on our side")
+    detail: str
+    service: str | None = None
+
+
+class ZeroTouch(BaseModel):
+    """Will the device provision by itself after a factory reset or on first boot (issue 19)."""
+    mac: str
+    site: str
+    dhcp: ZeroTouchPath
+    redirect: ZeroTouchPath = Field(description="the vendor's redirection service, as recorded (not asked now)")
+    sip_pnp: ZeroTouchPath
+    will_provision: bool
+    because: str
+    todo: list[str]
+
+
 class HistoryEvent(BaseModel):
     at: dt.datetime
     kind: Literal["fetch", "audit", "job"]
@@ -381,6 +400,19 @@ def create_app(rt: Runtime, queue: JobQueue, on_submit=lambda: None) -> FastAPI:
             last_fetch=fetches[0] if fetches else None, credentials=creds, fetches=fetches,
             audit=[_audit(e) for e in rt.store.audit_entries(target=st.mac, limit=20)],
             findings=_findings(rt, st), jobs=[_job(j) for j in queue.list(mac=st.mac, limit=10)])
+
+    @app.get(f"{V1}/devices/{{mac}}/zero-touch", response_model=ZeroTouch,
+             responses={**errors, 404: {"model": Problem}}, tags=["devices"])
+    def device_zero_touch(tok: Viewer, mac: Annotated[str, PathParam(max_length=32)]) -> ZeroTouch:
+        from provisioner.zerotouch.verdict import evaluate
+        st = _device(mac)
+        found = evaluate(rt, [st.mac])
+        if not found:
+            raise HTTPException(404, f"{st.mac} is not in the inventory")
+        v = found[0]
+        return ZeroTouch(mac=v.mac, site=v.site, dhcp=ZeroTouchPath(**v.dhcp.__dict__),
+                         redirect=ZeroTouchPath(**v.redirect.__dict__), sip_pnp=ZeroTouchPath(**v.sip_pnp.__dict__),
+                         will_provision=v.will_provision, because=v.because, todo=v.todo)
 
     @app.get(f"{V1}/devices/{{mac}}/history", response_model=History,
              responses={**errors, 404: {"model": Problem}}, tags=["devices"])

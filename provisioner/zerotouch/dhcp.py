@@ -118,12 +118,15 @@ def render_kea(p: DhcpPlan) -> str:
     """A complete kea-dhcp4 configuration (JSON): the site's subnets with the options, client classes by option
     60. Add your pools (and interfaces) before use; `kea-dhcp4 -t FILE` checks it."""
     options = [{"name": "tftp-server-name", "code": 66, "data": p.url}]
-    if p.option160:
-        options.append({"code": 160, "data": p.option160})  # Kea's definition of 160 is a string
+    defs = []
+    if p.option160:  # Kea 2.2 has no standard definition of 160: ours, a string
+        defs.append({"name": "provisioner-boot-server", "code": 160, "type": "string", "space": "dhcp4"})
+        options.append({"name": "provisioner-boot-server", "code": 160, "data": p.option160})
     cfg = {"Dhcp4": {
         "comment": "; ".join(line.strip() for line in _header(p, "")),
         "interfaces-config": {"interfaces": ["*"]},
         "lease-database": {"type": "memfile", "lfc-interval": 3600},
+        **({"option-def": defs} if defs else {}),
         "client-classes": [{"name": c.name, "test": _kea_test(c),
                             "option-data": [{"name": "tftp-server-name", "code": 66, "data": c.option66,
                                              "always-send": True}]} for c in p.classes],

@@ -124,6 +124,33 @@ async function openDevice(mac) {
     render(d);
   } catch (e) {
     msg("results-msg", "Error: " + e.message, true);
+    return;
+  }
+  zeroTouch(mac);
+}
+
+// zero-touch: will the phone find this server by itself (DHCP option 66, vendor redirect, SIP PnP)
+async function zeroTouch(mac) {
+  const v = $("zt-verdict");
+  const tbody = $("zt-paths").querySelector("tbody");
+  tbody.replaceChildren();
+  v.textContent = "…";
+  v.dataset.verdict = "";
+  try {
+    const z = await api(API + "/devices/" + encodeURIComponent(mac) + "/zero-touch");
+    if (!current || current.mac !== z.mac) return;
+    v.textContent = "Will provision by itself: " + z.because;
+    v.dataset.verdict = z.will_provision ? "yes" : "no";
+    v.className = "zt " + (z.will_provision ? "zt-yes" : "zt-no");
+    const names = [["DHCP option 66", z.dhcp], ["Vendor redirect", z.redirect], ["SIP PnP", z.sip_pnp]];
+    for (const [name, p] of names) {
+      tbody.appendChild(row([name, p.supported ? "supported" : "not supported",
+                             p.in_place ? "in place" : "not in place", p.detail]));
+    }
+    for (const t of z.todo) tbody.appendChild(row(["to do", "", "", t]));
+  } catch (e) {
+    v.textContent = e.status === 404 ? "not in the inventory" : "Error: " + e.message;
+    v.dataset.verdict = "unknown";
   }
 }
 

@@ -107,11 +107,11 @@ def _run(rt, verb: str, macs: list[str], as_json: bool, fn):
         for col in ("mac", "service", "result", "detail"):
             t.add_column(col, overflow="fold")
         for o in results:
-            res = ("ok" if o.ok else "failed") if fn != "status" else (
+            res = "skipped" if o.skipped else ("ok" if o.ok else "failed") if fn != "status" else (
                 "error" if not o.ok else ("registered" if o.registered else "not registered"))
             t.add_row(o.mac, o.service or "-", res, o.detail)
         out.print(t)
-    if any(not o.ok for o in results):
+    if any(not o.ok and not o.skipped for o in results):
         sys.exit(1)
 
 
@@ -128,6 +128,7 @@ def redirect():
 @click.pass_obj
 def redirect_register(rt, macs, site, as_json):
     """Register devices (their site's provisioning URL) at their vendor's redirection service."""
+    ops.sync_inventory(rt, actor())  # in the store, enrolment window open, before the phone is sent here
     _run(rt, "register", _macs(rt, macs, site), as_json, "register")
 
 

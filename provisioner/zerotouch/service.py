@@ -21,6 +21,7 @@ class Outcome:
     detail: str
     url: str | None = None
     registered: bool | None = None  # status: what the service holds
+    skipped: bool = False  # the vendor has no service provisioner can drive: nothing was attempted
 
 
 def service_of(rt, mac: str) -> tuple[str | None, object]:
@@ -57,9 +58,10 @@ def _each(rt, macs: Iterable[str], work, on_result: Callable[[Outcome], None] | 
                 service, dev = service_of(rt, mac)
                 if service is None:
                     o = Outcome(mac, None, False, f"{rt.catalog.get(dev.vendor).display_name} has no redirection "
-                                                  f"service: use DHCP option 66 or SIP PnP")
+                                                  f"service: use DHCP option 66 or SIP PnP", skipped=True)
                 elif service in UNSUPPORTED:
-                    o = Outcome(mac, service, False, f"{NAMES[service]}: not supported: {UNSUPPORTED[service]}")
+                    o = Outcome(mac, service, False, f"{NAMES[service]}: not supported: {UNSUPPORTED[service]}",
+                                skipped=True)
                 else:
                     o = work(clients.get(service), service, dev)
             except ProvisionerError as e:

@@ -37,7 +37,7 @@ from provisioner.zerotouch.redirect import Registration, RedirectError
 
 def payload_hash(content_type: str, body: bytes) -> str:
     ct = content_type.split(";", 1)[0].strip().lower()
-    return base64.b64encode(hashlib.sha256(b"hawk.1.payload\n" + ct.encode() + b"\n" + body + b"\n")).decode()
+    return base64.b64encode(hashlib.sha256(b"hawk.1.payload\n" + ct.encode() + b"\n" + body + b"\n").digest()).decode()
 
 
 def normalized(ts: str, nonce: str, method: str, url: str, hash_: str = "", ext: str = "") -> str:

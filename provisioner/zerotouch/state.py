@@ -127,5 +127,19 @@ def responders(store, now: dt.datetime | None = None) -> list[Responder]:
                 nets.append(ipaddress.ip_network(n))
             except ValueError:
                 continue
-        out.append(Responder(r.instance, r.host, nets, seen, (now - seen).total_seconds() <= PNP_STALE))
+        alive = (now - seen).total_seconds() <= PNP_STALE
+        if alive and r.host == socket.gethostname()[:255]:  # on this machine the process itself tells
+            alive = _pid_alive(r.pid)
+        out.append(Responder(r.instance, r.host, nets, seen, alive))
     return out
+
+
+def _pid_alive(pid: int) -> bool:
+    """A serve killed by a signal never removes its row (uvicorn re-raises SIGTERM after its shutdown)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -35,3 +35,16 @@ def test_verdict_follows_window_and_state(home: Home, tmp_path):
     assert "decommissioned" in rows["805ec0123457"]["because"]
     r = home.cli("zero-touch", "--site", "nowhere")
     assert r.returncode == 2 and "unknown site 'nowhere'" in r.stderr
+
+
+def test_a_fritzbox_cannot_hand_out_option_66():
+    """docs/zero-touch.md says a FRITZ!Box's DHCP server cannot serve option 66. Evidence: the boxes' own TR-064
+    description of their DHCP server (LANHostConfigManagement, FRITZ!OS 7.57 and 8.02 in tests/data/fritzbox)
+    offers enable, address range, routers, subnet mask, DNS servers and domain name: no other option."""
+    import re
+    from pathlib import Path
+    for box in ("FRITZBox_7590_154.07.57", "FRITZBox_7530_164.08.02"):
+        scpd = (Path(__file__).parent / "data" / "fritzbox" / box / "lanhostconfigmgmSCPD.xml").read_text()
+        actions = set(re.findall(r"<action>\s*<name>([A-Za-z]+)</name>", scpd))
+        assert {"SetDHCPServerEnable", "SetAddressRange", "SetIPRouter", "SetSubnetMask"} <= actions, actions
+        assert not [a for a in actions if re.search(r"option|tftp|boot|vendor", a, re.I)], actions

@@ -48,3 +48,18 @@ def test_a_fritzbox_cannot_hand_out_option_66():
         actions = set(re.findall(r"<action>\s*<name>([A-Za-z]+)</name>", scpd))
         assert {"SetDHCPServerEnable", "SetAddressRange", "SetIPRouter", "SetSubnetMask"} <= actions, actions
         assert not [a for a in actions if re.search(r"option|tftp|boot|vendor", a, re.I)], actions
+
+
+def test_a_closed_enrolment_window_is_a_no_with_what_to_do(home: Home, tmp_path):
+    import time
+    inv = home.inventory.read_text().replace("  provisioning_url: https://127.0.0.1:8443/p/",
+                                             "  provisioning_url: https://192.168.50.2:8443/p/", 1)
+    home.inventory.write_text(inv.replace("enrolment_hours: 24 ", "enrolment_hours: 0.001 ", 1))  # 3.6 s
+    home.cli("dhcp", "export", "--site", "lab", "--format", "dnsmasq", "--out", str(tmp_path / "d.conf"), check=True)
+    first = json.loads(home.cli("zero-touch", "--json", "--offline", check=True).stdout)["devices"][0]
+    assert first["will_provision"], first  # adopted now: its window is open for 3.6 s
+    time.sleep(4.5)
+    rows = {d["mac"]: d for d in json.loads(home.cli("zero-touch", "--json", "--offline", check=True).stdout)["devices"]}
+    v = rows["805ec0123456"]
+    assert not v["will_provision"] and "enrolment window closed" in v["because"]
+    assert "provisioner reset 805ec0123456" in v["because"]

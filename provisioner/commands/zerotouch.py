@@ -52,6 +52,9 @@ def dhcp_export(rt, site: str, fmt: str, out_file: Path | None, no_check: bool):
         problem = zdhcp.check_with_server(fmt, text)
         if problem:
             raise InputError(f"the {fmt} server does not accept the export: {problem}")
+        if zdhcp.server_binary(fmt) is None:
+            err.print(f"note: the {fmt} server is not installed here: the export was not checked by it",
+                      markup=False, highlight=False)
     if out_file:
         out_file.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=out_file.parent, prefix=f".{out_file.name}.")
@@ -128,8 +131,9 @@ def redirect():
 @click.pass_obj
 def redirect_register(rt, macs, site, as_json):
     """Register devices (their site's provisioning URL) at their vendor's redirection service."""
+    targets = _macs(rt, macs, site)
     ops.sync_inventory(rt, actor())  # in the store, enrolment window open, before the phone is sent here
-    _run(rt, "register", _macs(rt, macs, site), as_json, "register")
+    _run(rt, "register", targets, as_json, "register")
 
 
 @redirect.command("status")

@@ -166,9 +166,13 @@ def digest(text: str) -> str:
 
 # ---- checks with the real servers (when installed) -----------------------------------------------------
 
+def server_binary(fmt: str) -> str | None:
+    return shutil.which({"dnsmasq": "dnsmasq", "kea": "kea-dhcp4", "isc": "dhcpd"}[fmt])
+
+
 def check_with_server(fmt: str, text: str) -> str | None:
-    """Let the real server parse the export: None when it accepts it (or is not installed: say so), else its
-    complaint."""
+    """Let the real server parse the export: None when it accepts it (or is not installed here:
+    `server_binary` tells), else its complaint."""
     with tempfile.TemporaryDirectory(prefix="pv-dhcp-") as d:
         path = Path(d) / f"export.{fmt}"
         if fmt == "dnsmasq":

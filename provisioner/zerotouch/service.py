@@ -54,6 +54,7 @@ def _each(rt, macs: Iterable[str], work, on_result: Callable[[Outcome], None] | 
     out = []
     try:
         for mac in macs:
+            service = None
             try:
                 service, dev = service_of(rt, mac)
                 if service is None:
@@ -65,7 +66,7 @@ def _each(rt, macs: Iterable[str], work, on_result: Callable[[Outcome], None] | 
                 else:
                     o = work(clients.get(service), service, dev)
             except ProvisionerError as e:
-                o = Outcome(mac, None, False, str(e))
+                o = Outcome(mac, service, False, str(e))
             out.append(o)
             if on_result:
                 on_result(o)

@@ -105,6 +105,38 @@ def test_cisco_ata_renders_router_logins_and_optional_srtp(rt):
     check(got["admin"].reveal() != "admin", "ATA admin password is not the factory admin")
 
 
+def test_cisco_ata_router_clock_uses_this_ntp_server_and_its_own_zone_form(rt):
+    """The ATA's router section keeps its own clock (Cisco ATA 191/192 provisioning guide, Time_Setup):
+    Time_Server_Mode manual (auto would take DHCP's), the router's '±HH N D' zone entry and the zone's
+    rule with Auto_Adjust_Clock (the rule takes precedence over the entry's own DST)."""
+    _, _, _, files = render(rt, CISCO_ATA)
+    got = read_cisco(ET.fromstring(files[f"{CISCO_ATA}.xml"]))
+    assert got["router_time"] == {"Time_Server_Mode": "manual", "Time_Server": "0.fr.pool.ntp.org",
+                                  "Time_Zone": "+01 2 2", "Auto_Adjust_Clock": "1",
+                                  "Daylight_Saving_Time_Rule": "start=3/-1/7/2:0:0;end=10/-1/7/3:0:0;save=1:0:0"}
+    dev = rt.inventory.device(CISCO_ATA)
+    vendor = rt.catalog.get("cisco")
+    for zone, entry, dst in (("America/New_York", "-05 2 1", "start=3/8/7/2:0:0;end=11/1/7/2:0:0;save=1:0:0"),
+                             ("Asia/Tokyo", "+09 1 0", None), ("Asia/Kolkata", None, None)):
+        ctx = device_context(dev, vendor, {n: Secret("Ch3ck-" + n) for n in credential_names(dev, vendor)})
+        ctx.values["time"] = {**ctx.values["time"], **tz_facts(zone), "timezone": zone,
+                              "utc_offset": utc_offset(zone)[0]}
+        _, body = rt.renderer.device_file(ctx, vendor.trigger)
+        t = read_cisco(ET.fromstring(body))["router_time"]
+        assert t.get("Time_Zone") == entry and t.get("Daylight_Saving_Time_Rule") == dst, zone
+        assert t["Auto_Adjust_Clock"] == ("1" if dst else "0") and t["Time_Server_Mode"] == "manual"
+
+
+def test_cisco_registers_user_at_domain_through_the_outbound_proxy(rt):
+    dev = rt.inventory.device(CISCO)
+    vendor = rt.catalog.get("cisco")
+    ctx = device_context(dev, vendor, {n: Secret("Ch3ck-" + n) for n in credential_names(dev, vendor)})
+    ctx.values["registrar"] = {**ctx.values["registrar"], "host": "10.0.0.5", "domain": "prov.test", "port": 5080}
+    _, body = rt.renderer.device_file(ctx, vendor.trigger)
+    ln = read_cisco(ET.fromstring(body))["lines"][1]
+    assert (ln["proxy"], ln["outbound_on"], ln["outbound"]) == ("prov.test", True, "10.0.0.5:5080")
+
+
 def test_gigaset_symb_item_profile(rt):
     dev, vendor, creds, files = render(rt, GIGASET)
     assert list(files) == [f"{GIGASET.upper()}.xml"]

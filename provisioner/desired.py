@@ -89,9 +89,13 @@ def tz_facts(tz: str) -> dict:
         dst_off = -_posix_minutes(m["doff"]) if m["doff"] else std + 60
 
         def rule(mon, week, day, at):
+            # POSIX allows a change time outside the day (Asia/Jerusalem "M3.4.4/26": the Friday 02:00 after
+            # the 4th Thursday); phones take an hour of the rule's own day. Clamped into that day, and
+            # `exact` says whether the clamp changed anything (the phones that cannot express it say so).
             minutes = _posix_minutes(at) if at else 120
+            clamped = min(max(minutes, 0), 23 * 60 + 59)
             return {"month": int(mon), "week": int(week), "weekday": int(day),
-                    "hour": minutes // 60, "minute": minutes % 60}
+                    "hour": clamped // 60, "minute": clamped % 60, "exact": clamped == minutes}
 
         start, end = rule(m["sm"], m["sw"], m["sd"], m["st"]), rule(m["em"], m["ew"], m["ed"], m["et"])
         save = dst_off - std
@@ -99,8 +103,30 @@ def tz_facts(tz: str) -> dict:
             std, save, start, end = dst_off, -save, end, start
         dst = {"start": start, "end": end, "save_minutes": save}
     sign = "-" if std < 0 else "+"
+    hours, minutes = divmod(abs(std), 60)
     return read_only({"posix_tz": posix if m else None, "country": country, "standard_offset_minutes": std,
-                      "utc_offset_hhmm": f"{sign}{abs(std) // 60:02d}:{abs(std) % 60:02d}", "dst": dst})
+                      "utc_offset_hhmm": f"{sign}{hours:02d}:{minutes:02d}",
+                      # "+1", "+5:30", "-3:30": Yealink's local_time.time_zone form ([+/-]X[:Y])
+                      "utc_offset_short": f"{sign}{hours}" + (f":{minutes:02d}" if minutes else ""),
+                      "posix_rule": posix_rule(std, dst), "dst": dst})
+
+
+def _posix_offset(west_minutes: int) -> str:
+    sign = "-" if west_minutes < 0 else ""
+    h, m = divmod(abs(west_minutes), 60)
+    return f"{sign}{h}" + (f":{m:02d}" if m else "")
+
+
+def posix_rule(std: int, dst: dict | None) -> str:
+    """The zone as a POSIX TZ rule with alphabetic names, an explicit DST offset and hh:mm:ss change times
+    (the form of Grandstream's self-defined time zone example "MTZ+6MDT+5,M4.1.0,M11.1.0"), built from the
+    facts above so that phones which parse POSIX rules get no <+0530> names and no hour outside the day."""
+    out = "STD" + _posix_offset(-std)
+    if dst:
+        out += "DST" + _posix_offset(-(std + dst["save_minutes"]))
+        for c in (dst["start"], dst["end"]):
+            out += f",M{c['month']}.{c['week']}.{c['weekday']}/{c['hour']:02d}:{c['minute']:02d}:00"
+    return out
 
 
 def read_only(value: Any) -> Any:

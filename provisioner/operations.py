@@ -256,6 +256,23 @@ def _parse_contact(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def notify_credentials(rt: Runtime, dev: ResolvedDevice) -> list[tuple[str, Secret]]:
+    """What a phone that challenges NOTIFY (Cisco Auth_Resync-Reboot) expects: its first line's auth user
+    and SIP password, of the generation it holds first (the one its last fetched config carries), then the
+    other one of a rotation in progress."""
+    st = rt.store.device(dev.mac)
+    if st is None:
+        return []
+    line = dev.lines[0]
+    order = ("pending", "active") if st.pending_hash and st.served_hash == st.pending_hash else ("active", "pending")
+    out: list[tuple[str, Secret]] = []
+    for status in order:
+        pw = rt.store.credentials(dev.mac, status).get(f"sip:{line.extension}")
+        if pw is not None and all(pw != p for _, p in out):
+            out.append((line.auth_user or line.extension, pw))
+    return out
+
+
 def notify_device(rt: Runtime, dev: ResolvedDevice, what: str = "resync", contact: str | None = None,
                   timeout: float = NOTIFY_TIMEOUT) -> NotifyOutcome:
     """Tell the phone to fetch its config (what="resync") or to reset itself (what="reset") with the SIP
@@ -283,10 +300,12 @@ def notify_device(rt: Runtime, dev: ResolvedDevice, what: str = "resync", contac
             targets.append((st.last_ip, 5060))
     if not targets:
         return NotifyOutcome(False, "no known address (the device never fetched and never registered)")
+    creds = notify_credentials(rt, dev)
     last = ""
     for host, port in targets[:2]:
         try:
-            drv = SipNotifyDriver(vendor, host, port, mac=dev.mac, timeout=timeout, user=dev.lines[0].extension)
+            drv = SipNotifyDriver(vendor, host, port, mac=dev.mac, timeout=timeout, user=dev.lines[0].extension,
+                                  credentials=creds)
             drv.resync() if what == "resync" else drv.factory_reset()
             return NotifyOutcome(True, f"NOTIFY Event: {event} to {host}:{port}: {drv.last_response}")
         except (DriverError, InputError) as e:

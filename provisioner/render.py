@@ -197,7 +197,8 @@ class Renderer:
 
     def device_file(self, dctx: DeviceContext, spec: FileSpec) -> tuple[str, bytes]:
         who = f"device {dctx.device.mac}"
-        return spec.filename_for(mac=dctx.device.mac, model=dctx.device.model), \
+        model = dctx.vendor.models[dctx.device.model].file_model or dctx.device.model
+        return spec.filename_for(mac=dctx.device.mac, model=model), \
             self.render(dctx.vendor, spec.template, dctx.values, who, spec.xml_root, dctx.shared)
 
     def device_files(self, dctx: DeviceContext) -> dict[str, bytes]:

@@ -494,7 +494,9 @@ def push(rt, mac: str, actor: str, progress: Progress | None = None, on_confirm:
                 facts = {"error": str(e)}
             second = bool(getattr(driver, "second_factor_used", False))
     except DriverError as e:
-        rt.store.audit(actor, "router.push-failed", r.mac, type(e).__name__, {"error": str(e)[:300]})
+        written = getattr(e, "result", None)  # what a push that stopped midway had written (PushIncomplete)
+        rt.store.audit(actor, "router.push-failed", r.mac, type(e).__name__,
+                       {"error": str(e)[:300], **({"written": written.as_dict()} if written is not None else {})})
         raise
     details = {"changed": result.changed, "removed": result.removed, "credentials": names,
                "second_factor": second}

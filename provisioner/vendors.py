@@ -42,6 +42,17 @@ def name_regex(name: str) -> re.Pattern:
     return re.compile(out + r"\Z")
 
 
+def check_file_name(v: str) -> str:
+    if "/" in v or v.startswith("."):
+        raise ValueError("a file name, not a path")
+    rest = v
+    for ph in PLACEHOLDERS:
+        rest = rest.replace(ph, "")
+    if "{" in rest or "}" in rest:
+        raise ValueError(f"unknown placeholder in {v!r}; use one of {', '.join(PLACEHOLDERS)}")
+    return v
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -59,14 +70,7 @@ class FileSpec(Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if "/" in v or v.startswith("."):
-            raise ValueError("a file name, not a path")
-        rest = v
-        for ph in PLACEHOLDERS:
-            rest = rest.replace(ph, "")
-        if "{" in rest or "}" in rest:
-            raise ValueError(f"unknown placeholder in {v!r}; use one of {', '.join(PLACEHOLDERS)}")
-        return v
+        return check_file_name(v)
 
     @property
     def per_device(self) -> bool:
@@ -85,6 +89,46 @@ class FileSpec(Strict):
         return name
 
 
+class NotServed(Strict):
+    """A file this vendor's phones ask for that we do not serve (a firmware image, a boot file we leave out, a
+    log upload): answered 404 with a neutral body and never counted against the source, so a phone's normal
+    boot cannot get it banned. Each entry names its source; `uncertain` marks what no source confirms."""
+
+    name: str  # with {mac} / {MAC} / {model} placeholders
+    method: Literal["GET", "PUT"] = "GET"  # GET also covers HEAD and TFTP reads; PUT the phone's uploads
+    why: str
+    source: str
+    uncertain: bool = False
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_file_name(v)
+
+    @cached_property
+    def regex(self) -> re.Pattern:
+        return name_regex(self.name)
+
+
+class BootSequence(Strict):
+    """What a phone of this family asks for on boot, in order, with the source saying so. Steps are file names
+    with placeholders ({mac}, {MAC}, {model}), optionally prefixed with `tftp:` (read over TFTP) or `put:` (an
+    upload). Tests replay every sequence against a real `serve` (none of it may count against the phone)."""
+
+    name: str
+    state: Literal["factory", "provisioned"]  # factory: no credentials yet; provisioned: holds its own
+    source: str
+    steps: list[str] = Field(min_length=1)
+    uncertain: bool = False
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, v: list[str]) -> list[str]:
+        for step in v:
+            check_file_name(step.split(":", 1)[1] if step.startswith(("tftp:", "put:")) else step)
+        return v
+
+
 class FactoryDefault(Strict):
     account: str  # admin, user, var, pin, ...
     username: str | None = None
@@ -98,6 +142,9 @@ class Model(Strict):
     family: str | None = None
     min_firmware: str | None = None
     kind: Literal["phone", "dect", "ata", "conference", "router"] = "phone"
+    # what {model} reads in the names of the files this model asks for, when it is not the model's name
+    # (Cisco's product series "504G" in spa504G.cfg, Yealink's hardware id "028" in y000000000028.cfg)
+    file_model: str | None = Field(default=None, pattern=r"[A-Za-z0-9_+-]{1,32}")
 
 
 class SipNotify(Strict):
@@ -122,6 +169,10 @@ class VendorProfile(Strict):
     factory_defaults: list[FactoryDefault] = Field(default_factory=list)
     # files the device PUTs back with its own credentials (settings changed on the phone), e.g. {mac}-local.cfg
     uploads: list[str] = Field(default_factory=list)
+    # files the phones ask for that we do not serve: a neutral 404, never counted against the source
+    not_served: list[NotServed] = Field(default_factory=list)
+    # the requests a factory-fresh and a provisioned phone make on boot (data for docs and tests)
+    boot: list[BootSequence] = Field(default_factory=list)
     sip_notify: SipNotify = SipNotify()
     reset_instructions: str | None = None
     provisioning_http_auth: bool = True
@@ -163,6 +214,10 @@ class VendorProfile(Strict):
         for need in ("sip", "provisioning"):
             if need not in self.passwords:
                 raise ValueError(f"passwords.{need} rule missing")
+        served = {f.name for f in self.files} | {("PUT", u) for u in self.uploads}
+        for ns in self.not_served:
+            if (ns.name if ns.method == "GET" else ("PUT", ns.name)) in served:
+                raise ValueError(f"not_served {ns.name!r} is also a file this profile serves")
         for acct in self.web_accounts:
             if acct not in ("admin", "user"):
                 raise ValueError(f"web account {acct!r}: only admin and user are generated")
@@ -316,6 +371,30 @@ class Catalog:
                     return UserAgentInfo(v.name, gd.get("model"), gd.get("firmware"), mac,
                                          f"User-Agent matched {v.name} pattern")
         return None
+
+    def match_not_served(self, filename: str, user_agent: str | None, method: str = "GET"
+                         ) -> tuple[VendorProfile, NotServed] | None:
+        """A file some vendor's phones ask for that we do not serve. A name no profile serves is answered
+        alike for every requester; a name another profile serves (Polycom asks for <mac>.cfg, Yealink's
+        per-device file) only when the User-Agent names the vendor that does not serve it, so the answer
+        never depends on whether the MAC exists."""
+        method = "PUT" if method == "PUT" else "GET"
+        hits = [(v, ns) for v in self.vendors.values() for ns in v.not_served
+                if ns.method == method and ns.regex.match(filename)]
+        if not hits:
+            return None
+        if method == "PUT":
+            served = {v.name for v, _ in self.match_upload(filename)}
+        else:
+            served = {m.vendor.name for m in self.match_file(filename)}
+        hits = [h for h in hits if h[0].name not in served]  # a vendor's own file beats its not-served pattern
+        if not hits:
+            return None
+        ua = self.parse_user_agent(user_agent)
+        by_ua = [h for h in hits if ua and h[0].name == ua.vendor]
+        if served:
+            return by_ua[0] if by_ua else None
+        return (by_ua or hits)[0]
 
     def match_upload(self, filename: str) -> list[tuple[VendorProfile, str]]:
         """(profile, mac) for every profile that lets a device upload this file name."""

@@ -91,6 +91,97 @@ def test_sip_notify_resync_and_reboot_reach_a_sipp_phone(catalog, tmp_path):
     assert "got NOTIFY Event: check-sync event=check-sync" in (tmp_path / "actions.log").read_text()
 
 
+class ChallengingPhone:
+    """sipp as a Cisco SPA with Auth_Resync-Reboot: 401 with a Digest challenge to the first NOTIFY, then
+    sipp's own verifyauth checks the retry's Authorization against the line user and password it was given
+    (on its command line only); 200 if it verifies, 403 if not (tests/kamailio/notify_auth_uas.xml)."""
+
+    def __init__(self, tmp: Path, user: str, password: Secret):
+        need("sipp")
+        self.port = free_port(socket.SOCK_DGRAM)
+        self.log = tmp / f"auth-{self.port}.log"
+        self.proc = subprocess.Popen(
+            ["sipp", "-sf", str(REPO / "tests" / "kamailio" / "notify_auth_uas.xml"), "-i", "127.0.0.1", "-p",
+             str(self.port), "-m", "1", "-set", "user", user, "-set", "pw", password.reveal(), "-nostdin",
+             "-trace_msg", "-message_file", str(tmp / f"auth-msg-{self.port}.log"), "-trace_logs", "-log_file",
+             str(self.log), "-timeout", "30s", "-timeout_error"],
+            cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10
+        while not _udp_bound(self.port):
+            assert self.proc.poll() is None and time.monotonic() < deadline, "sipp did not start"
+            time.sleep(0.05)
+
+    def verified(self) -> bool:
+        """sipp's verifyauth accepted the retried NOTIFY's Authorization."""
+        self.proc.wait(timeout=15)
+        return "auth=true" in self.log.read_text()
+
+    def messages(self) -> str:
+        return self.log.with_name(self.log.name.replace("auth-", "auth-msg-")).read_text()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.mark.parametrize("action", ["resync", "reboot"])
+def test_sip_notify_answers_a_cisco_digest_challenge_with_the_line_credentials(catalog, tmp_path, action):
+    from provisioner.drivers.sip_notify import SipNotifyDriver
+    password = Secret("Line-1-Pass-7xQ2")
+    phone = ChallengingPhone(tmp_path, "201a", password)
+    try:
+        drv = SipNotifyDriver(catalog.get("cisco"), "127.0.0.1", phone.port, user="201", timeout=5,
+                              credentials=[("201a", password)])
+        getattr(drv, action)()
+        assert drv.last_response == "200 OK" and phone.verified()
+        msgs = phone.messages()
+        event = catalog.get("cisco").sip_notify.resync if action == "resync" else catalog.get("cisco").sip_notify.reboot
+        assert f"Event: {event}" in msgs and 'Authorization: Digest username="201a", realm="spa"' in msgs
+        assert "CSeq: 2 NOTIFY" in msgs and password.reveal() not in msgs  # only its digest travels
+    finally:
+        phone.stop()
+
+
+def test_sip_notify_with_the_wrong_line_password_is_refused_and_says_so(catalog, tmp_path):
+    from provisioner.drivers.sip_notify import SipNotifyDriver
+    phone = ChallengingPhone(tmp_path, "201", Secret("What-The-Phone-Holds-1"))
+    try:
+        drv = SipNotifyDriver(catalog.get("cisco"), "127.0.0.1", phone.port, user="201", timeout=5,
+                              credentials=[("201", Secret("Another-Generation-2"))])
+        with pytest.raises(ActionFailed, match="refused to fetch its configuration: 403") as e:
+            drv.resync()
+        assert not phone.verified() and "Another-Generation" not in str(e.value)
+    finally:
+        phone.stop()
+
+
+def test_reprovision_notifies_a_challenging_cisco_with_the_credentials_it_holds(tmp_path):
+    """During a rotation the phone still holds the active generation: the NOTIFY answers its challenge with
+    line 1's auth user and active SIP password (operations.notify_credentials), and the phone acts."""
+    from provisioner.operations import reprovision, sync_inventory
+    from provisioner.runtime import Runtime
+    inv = tmp_path / "inventory.yaml"
+    inv.write_text((REPO / "inventory.yaml").read_text().split("devices:")[0] + """devices:
+  - mac: 00:02:fd:12:34:56
+    vendor: cisco
+    model: SPA504G
+    site: lab
+    lines:
+      - {extension: "201", display_name: Accueil, auth_user: "201a"}
+""")
+    rt = Runtime(home=tmp_path / "home", inventory_path=inv)
+    sync_inventory(rt)
+    active = rt.store.credentials("0002fd123456", "active")["sip:201"]
+    phone = ChallengingPhone(tmp_path, "201a", active)
+    try:
+        res = reprovision(rt, "0002fd123456", "test", contact=f"127.0.0.1:{phone.port}", notify_timeout=5,
+                          sync=False)
+        assert res.notified and "200 OK" in res.notify and phone.verified()
+    finally:
+        phone.stop()
+
+
 def test_sip_notify_reset_without_event_says_what_to_do(catalog):
     from provisioner.drivers.sip_notify import SipNotifyDriver
     phone = SipNotifyDriver(catalog.get("yealink"), "127.0.0.1", 5060)

@@ -55,7 +55,7 @@ routers:
     trunks:
       - index: 0
         registrar: sip.provider.example
-        number: "4930123456"
+        number: "+33102030401"  # line 101's number (inventory.yaml): the box rings 101 for it
         username: "4930123456"
         password_file: {trunk_file}
     lines: [{", ".join(f'"{x}"' for x in lines)}]

@@ -1,188 +1,34 @@
 """Snom D7xx (<settings>), Polycom VVX/UCS (<polycomConfig> attributes) and Grandstream GXP/GRP
-(<gs_provision> P-values) profiles: rendered, parsed with a real XML parser, checked for the logical
-settings, compared with reviewed golden files, and fetched over HTTPS and TFTP with each vendor's
-User-Agent from a real `provisioner serve`.
+(<gs_provision> P-values): what is particular to each family (the settings every family shares, golden
+files, conformance, enrolment, registration and boot sequences are in tests/test_vendors.py, over
+tests/vendor_kit.py's families).
 
 No secret reaches the test output: parsed secrets are wrapped in Secret at once (masked repr) and every
 comparison that involves one is computed into a bool first (`check`), so a failure names the field only.
-UPDATE_GOLDEN=1 rewrites tests/golden/<vendor>/ from the current templates (review the diff by eye).
 """
 
 from __future__ import annotations
 
-import os
 import re
 import xml.etree.ElementTree as ET
 
 import pytest
 
-from conftest import REPO, start_server
+from conftest import start_server
 from provisioner.desired import common_context, credential_names, device_context
 from provisioner.runtime import Runtime
-from provisioner.secret import MASK, Secret
-from vendor_kit import check, distinct, fixtures, lab_inventory, parse_with, render
+from provisioner.secret import Secret
+from vendor_kit import (FAMILIES, GRP, GXP, IP5000, POLYCOM, SNOM, check, fixtures, read_grandstream, read_polycom,
+                        render)
 
-GOLDEN = REPO / "tests" / "golden"
-
-INVENTORY = lab_inventory('Snom, Polycom (VVX and the OVH IP5000) and Grandstream phones.', '["00", "0899", "118", "+33899"]', """\
-  - mac: 00:04:13:12:34:56
-    vendor: snom
-    model: D735
-    site: lab
-    lines:
-      - {extension: "601", display_name: "Accueil & Co", number: "+33102030401"}
-      - {extension: "602", display_name: "O'Brien", auth_user: "602a", label: Bureau}
-  - mac: 00:04:f2:12:34:56
-    vendor: polycom
-    model: VVX410
-    site: lab
-    lines:
-      - {extension: "701", display_name: "Salle Bleue & Co"}
-      - {extension: "702", display_name: "O'Neil", auth_user: "702p"}
-  # the OVH Plug & Phone conference phone, in another zone and with SRTP offered only
-  - mac: 00:04:f2:ab:cd:ef
-    vendor: polycom
-    model: IP5000
-    site: lab
-    timezone: America/New_York
-    policy: {srtp: optional}
-    lines:
-      - {extension: "703", display_name: Conference}
-  - mac: 00:0b:82:12:34:56
-    vendor: grandstream
-    model: GXP2170
-    site: lab
-    lines:
-      - {extension: "801", display_name: "Grand & Stream"}
-      - {extension: "802", display_name: Second}
-      - {extension: "803", display_name: Third, auth_user: "803x"}
-  - mac: c0:74:ad:12:34:56
-    vendor: grandstream
-    model: GRP2612
-    site: lab
-    policy: {srtp: optional, blocked_prefixes: []}
-    lines:
-      - {extension: "804", display_name: Accueil}
-""")
-
-SNOM, POLYCOM, IP5000, GXP, GRP = "000413123456", "0004f2123456", "0004f2abcdef", "000b82123456", "c074ad123456"
-ONE_PER_PROFILE = (SNOM, POLYCOM, GXP)
 TRIGGER = {SNOM: f"{SNOM.upper()}.xml", POLYCOM: f"{POLYCOM}-user.cfg", IP5000: f"{IP5000}-user.cfg",
            GXP: f"cfg{GXP}.xml", GRP: f"cfg{GRP}.xml"}
 
-
-def _secret(v: str | None) -> Secret | None:
-    return None if v is None else Secret(v)
-
-
-# ---- per-vendor readers: the logical settings out of a parsed file, secrets wrapped at once -----------------
-
-def read_snom(root: ET.Element) -> dict:
-    ps = root.find("phone-settings")
-    assert ps.get("e") == "2"
-    by_idx: dict[tuple[str, str | None], str] = {}
-    for el in ps:
-        key = (el.tag, el.get("idx"))
-        assert key not in by_idx, f"snom: {key} set twice"
-        assert el.get("perm") == "R", f"snom: {el.tag} is read-only for the user"
-        by_idx[key] = el.text or ""
-
-    def g(name, idx=None):
-        return by_idx.get((name, None if idx is None else str(idx)))
-    lines = {}
-    for (name, idx) in by_idx:
-        if name == "user_active" and idx is not None:
-            i = int(idx)
-            lines[i] = {"enabled": g("user_active", i) == "on", "user": g("user_name", i),
-                        "auth_user": g("user_pname", i), "password": _secret(g("user_pass", i)),
-                        "host": g("user_host", i), "outbound": g("user_outbound", i),
-                        "display_name": g("user_realname", i), "label": g("user_idle_text", i),
-                        "srtp": g("user_srtp", i), "savp": g("user_savp", i)}
-    return {
-        "settings": {k: v for (k, i), v in by_idx.items() if i is None and "pass" not in k},
-        "lines": lines, "admin": _secret(g("http_pass")), "admin_name": g("http_user"),
-        "webserver_admin": _secret(g("webserver_admin_password")), "admin_mode": _secret(g("admin_mode_password")),
-        "admin_mode_confirm": _secret(g("admin_mode_password_confirm")),
-        "user": _secret(g("webserver_user_password")), "user_name": g("webserver_user_name"),
-        "prov_user": g("http_client_user"), "prov_password": _secret(g("http_client_pass")),
-        "prov_url": g("setting_server"), "ca": [c.get("url") for c in root.iter("certificate")],
-    }
-
-
-def read_polycom(root: ET.Element) -> dict:
-    attrs: dict[str, str] = {}
-    for el in root.iter():
-        for k, v in el.attrib.items():
-            assert k not in attrs, f"polycom: {k} set twice"
-            attrs[k] = v
-    lines = {}
-    i = 1
-    while f"reg.{i}.address" in attrs:
-        address = attrs[f"reg.{i}.address"]
-        lines[i] = {"enabled": bool(address), "user": address.partition("@")[0], "domain": address.partition("@")[2],
-                    "auth_user": attrs[f"reg.{i}.auth.userId"], "password": _secret(attrs[f"reg.{i}.auth.password"]),
-                    "server": attrs.get(f"reg.{i}.server.1.address"), "port": attrs.get(f"reg.{i}.server.1.port"),
-                    "transport": attrs.get(f"reg.{i}.server.1.transport"),
-                    "display_name": attrs.get(f"reg.{i}.displayName")}
-        i += 1
-    secret_keys = ("auth.password", "localAdminPassword", "localUserPassword", "prov.password")
-    return {
-        "attrs": {k: v for k, v in attrs.items() if not k.endswith(secret_keys)}, "lines": lines,
-        "admin": _secret(attrs.get("device.auth.localAdminPassword")),
-        "user": _secret(attrs.get("device.auth.localUserPassword")),
-        "prov_user": attrs.get("device.prov.user"), "prov_password": _secret(attrs.get("device.prov.password")),
-        "prov_url": attrs.get("device.prov.serverName"),
-    }
-
-
-# account 1 has its own P-values; accounts 2-4 are (n + 2) * 100 + offset
-_GS_FIRST = {"active": 271, "server": 47, "user": 35, "auth": 36, "password": 34, "display": 3, "transport": 130,
-             "srtp": 183, "dialplan": 290}
-_GS_OFFSET = {"active": 1, "server": 2, "user": 4, "auth": 5, "password": 6, "display": 7, "transport": 48,
-              "srtp": 43, "dialplan": 59}
-
-
-def gs_p(n: int, key: str) -> str:
-    return f"P{_GS_FIRST[key] if n == 1 else (n + 2) * 100 + _GS_OFFSET[key]}"
-
-
-def read_grandstream(root: ET.Element) -> dict:
-    assert root.get("version") == "1"
-    config = root.find("config")
-    p: dict[str, str] = {}
-    for el in config:
-        assert re.fullmatch(r"P[0-9]+", el.tag), f"grandstream: <{el.tag}> is not a P-value"
-        assert el.tag not in p, f"grandstream: {el.tag} set twice"
-        p[el.tag] = el.text or ""
-    lines = {}
-    for n in range(1, 5):
-        if gs_p(n, "active") not in p:
-            continue
-        lines[n] = {"enabled": p[gs_p(n, "active")] == "1", "user": p.get(gs_p(n, "user")),
-                    "auth_user": p.get(gs_p(n, "auth")), "password": _secret(p.get(gs_p(n, "password"))),
-                    "server": p.get(gs_p(n, "server")), "transport": p.get(gs_p(n, "transport")),
-                    "srtp": p.get(gs_p(n, "srtp")), "dialplan": p.get(gs_p(n, "dialplan")),
-                    "display_name": p.get(gs_p(n, "display"))}
-    secret_p = {"P2", "P196", "P1361"} | {gs_p(n, "password") for n in range(1, 5)}
-    return {
-        "p": {k: v for k, v in p.items() if k not in secret_p}, "lines": lines,
-        "admin": _secret(p.get("P2")), "user": _secret(p.get("P196")),
-        "prov_user": p.get("P1360"), "prov_password": _secret(p.get("P1361")), "prov_path": p.get("P237"),
-    }
-
-
-READERS = {"snom": ("settings", read_snom), "polycom": ("polycomConfig", read_polycom),
-           "grandstream": ("gs_provision", read_grandstream)}
+inventory, rt, spg_home = fixtures("spg")
 
 
 def parse(vendor: str, body: bytes) -> dict:
-    return parse_with(READERS, vendor, body)
-
-
-# ---- fixtures ------------------------------------------------------------------------------------------------
-
-inventory, rt, spg_home = fixtures("spg", INVENTORY)
-
+    return FAMILIES[vendor].read(body)
 
 
 def fake_context(rt: Runtime, mac: str):
@@ -225,12 +71,6 @@ def test_profiles_load_with_their_facts(rt):
     assert all(v.trigger.tftp_template for v in (snom, poly, gs))
 
 
-def test_provisioner_check_accepts_the_inventory(spg_home):
-    r = spg_home.cli("check")
-    assert r.returncode == 0, r.stderr
-    assert "5 devices" in r.stdout
-
-
 @pytest.mark.parametrize("ua, vendor, model, mac", [
     ("Mozilla/4.0 (compatible; snomD785-SIP 10.1.169.16 2010.12-00001-gd311851f1 (Feb 25 2019 - 14:19:43) "
      "00041396D9B4 SXM:0 UXM:0 UXMC:0)", "snom", "D785", "00041396d9b4"),
@@ -262,14 +102,6 @@ def test_other_user_agents_are_not_claimed(rt, ua):
     assert info is None or info.vendor not in ("snom", "polycom", "grandstream")
 
 
-@pytest.mark.parametrize("mac", [SNOM, POLYCOM, IP5000, GXP, GRP])
-def test_example_user_agent_fits_its_own_profile(rt, mac):
-    dev = rt.inventory.device(mac)
-    ua = rt.catalog.get(dev.vendor).user_agent_for(dev.model, mac)
-    info = rt.catalog.parse_user_agent(ua)
-    assert info is not None and info.vendor == dev.vendor and info.mac in (mac, None)
-
-
 def test_request_file_names_match_the_profiles(rt):
     def vendors(name):
         return {(m.vendor.name, m.mac, m.model) for m in rt.catalog.match_file(name)}
@@ -288,45 +120,10 @@ def test_request_file_names_match_the_profiles(rt):
     assert [p.name for p, mac in rt.catalog.match_upload(f"{POLYCOM}-phone.cfg")] == ["polycom"]
 
 
-# ---- rendered with real secrets, parsed, checked -------------------------------------------------------------
-
-def _common_checks(dev, vendor, creds, got, files, trigger_name):
-    n = len(dev.lines)
-    used = [got["lines"][i] for i in range(1, n + 1)]
-    for i, (ln, spec) in enumerate(zip(used, dev.lines), start=1):
-        check(ln["enabled"], f"line {i} enabled")
-        check(ln["user"] == spec.extension, f"line {i} user")
-        check(ln["auth_user"] == (spec.auth_user or spec.extension), f"line {i} auth user")
-        check(ln["password"] is not None and ln["password"] == creds[f"sip:{spec.extension}"],
-              f"line {i} SIP password is the device's own")
-        check(ln["display_name"] == spec.display_name, f"line {i} display name")
-    check(distinct([ln["password"] for ln in used]), "SIP passwords unique per line")
-    unused = [ln for i, ln in got["lines"].items() if i > n]
-    check(len(unused) == vendor.models[dev.model].lines - n, "every unused line written")
-    for ln in unused:
-        check(not ln["enabled"] and not ln["user"] and not (ln["password"] and ln["password"].reveal()),
-              "unused lines off and empty")
-    factory = vendor.factory_passwords()
-    for acct in vendor.web_accounts:
-        pw = got[acct]
-        check(pw is not None and pw == creds[acct], f"web {acct} password is the device's own")
-        check(pw.reveal() not in factory, f"web {acct} password is not a factory default")
-    check(got["prov_user"] == dev.mac, "provisioning user is the MAC")
-    check(got["prov_password"] is not None and got["prov_password"] == creds["provisioning"],
-          "provisioning password handed out")
-    check(distinct([creds[n] for n in credential_names(dev, vendor)]), "no secret repeated on the device")
-    # only the trigger file carries secrets
-    assert trigger_name in files
-    for name, body in files.items():
-        if name != trigger_name:
-            check(not any(s.reveal().encode() in body for s in creds.values()), f"{name} carries no secret")
-
-
 def test_snom_settings_file(rt):
     dev, vendor, creds, files = render(rt, SNOM)
     assert sorted(files) == sorted([f"{SNOM.upper()}.xml", "snomD735.htm", "snomD735.xml"])
     got = parse("snom", files[f"{SNOM.upper()}.xml"])
-    _common_checks(dev, vendor, creds, got, files, f"{SNOM.upper()}.xml")
     for i in (1, 2):
         ln = got["lines"][i]
         assert ln["host"] == "sip.lab.example.net" and ln["outbound"] == "sip.lab.example.net:5061;transport=tls"
@@ -367,7 +164,6 @@ def test_polycom_vvx_configuration(rt):
     dev, vendor, creds, files = render(rt, POLYCOM)
     assert sorted(files) == sorted(["000000000000.cfg", f"{POLYCOM}-user.cfg"])
     got = parse("polycom", files[f"{POLYCOM}-user.cfg"])
-    _common_checks(dev, vendor, creds, got, files, f"{POLYCOM}-user.cfg")
     a = got["attrs"]
     for i in (1, 2):
         ln = got["lines"][i]
@@ -395,7 +191,6 @@ def test_polycom_vvx_configuration(rt):
 def test_polycom_ip5000_in_another_zone_with_optional_srtp(rt):
     dev, vendor, creds, files = render(rt, IP5000)
     got = parse("polycom", files[f"{IP5000}-user.cfg"])
-    _common_checks(dev, vendor, creds, got, files, f"{IP5000}-user.cfg")
     a = got["attrs"]
     assert sorted(got["lines"]) == [1]
     assert (a["sec.srtp.enable"], a["sec.srtp.offer"], a["sec.srtp.require"]) == ("1", "1", "0")
@@ -408,9 +203,8 @@ def test_polycom_ip5000_in_another_zone_with_optional_srtp(rt):
 
 def test_grandstream_p_values(rt):
     dev, vendor, creds, files = render(rt, GXP)
-    assert sorted(files) == sorted([f"cfg{GXP}.xml", "cfg.xml", "cfgGXP2170.xml"])
+    assert sorted(files) == sorted([f"cfg{GXP}.xml", "cfg.xml", "cfggxp2170.xml"])
     got = parse("grandstream", files[f"cfg{GXP}.xml"])
-    _common_checks(dev, vendor, creds, got, files, f"cfg{GXP}.xml")
     p = got["p"]
     for i in (1, 2, 3):
         ln = got["lines"][i]
@@ -421,7 +215,9 @@ def test_grandstream_p_values(rt):
     assert (p["P212"], got["prov_path"], p["P194"], p["P193"]) == ("2", "127.0.0.1:8443/p", "1", "1440")
     # no takeover by DHCP, SIP PnP or a SIP reset; web over HTTPS only
     assert (p["P145"], p["P1411"], p["P1414"], p["P26015"], p["P1650"]) == ("0", "0", "0", "0", "0")
-    assert p["P30"] == "0.fr.pool.ntp.org" and p["P64"].startswith("CET-1CEST")
+    # P64 "customize" with the self-defined zone P246: a POSIX rule (Grandstream's config template)
+    assert p["P30"] == "0.fr.pool.ntp.org" and p["P64"] == "customize"
+    assert p["P246"] == "STD-1DST-2,M3.5.0/02:00:00,M10.5.0/03:00:00"
     boot = read_grandstream(ET.fromstring(files["cfg.xml"]))
     assert boot["p"]["P212"] == "2" and boot["prov_path"] == "127.0.0.1:8443/p" and boot["prov_user"] is None
 
@@ -429,19 +225,8 @@ def test_grandstream_p_values(rt):
 def test_grandstream_without_call_policy(rt):
     dev, vendor, creds, files = render(rt, GRP)
     got = parse("grandstream", files[f"cfg{GRP}.xml"])
-    _common_checks(dev, vendor, creds, got, files, f"cfg{GRP}.xml")
     assert got["lines"][1]["srtp"] == "1" and got["lines"][1]["dialplan"] is None  # optional; no prefixes
     assert sorted(got["lines"]) == [1, 2] and got["lines"][2]["enabled"] is False
-
-
-@pytest.mark.parametrize("mac, name", [(SNOM, "snom"), (POLYCOM, "polycom"), (GXP, "grandstream")])
-def test_markup_in_a_value_stays_a_value(rt, mac, name):
-    vendor, ctx = fake_context(rt, mac)
-    nasty = "a\"b'<c/>&d"
-    ctx.values["lines"][0]["display_name"] = nasty
-    _, body = rt.renderer.device_file(ctx, vendor.trigger)
-    assert b"<c/>" not in body
-    assert parse(name, body)["lines"][1]["display_name"] == nasty
 
 
 def test_a_policy_change_reaches_every_template(rt):
@@ -461,59 +246,6 @@ def test_a_policy_change_reaches_every_template(rt):
             assert (ln["transport"], a["sec.srtp.enable"], a["sec.srtp.require"]) == ("TCPOnly", "0", "0")
         else:
             assert (ln["transport"], ln["srtp"], ln["server"]) == ("1", "0", "sip.lab.example.net:5060")
-
-
-# ---- golden files of the masked render (the `provisioner render` CLI) -------------------------------------------
-
-def test_masked_render_matches_the_golden_files(spg_home, tmp_path):
-    update = os.environ.get("UPDATE_GOLDEN") == "1"
-    vendor_of = {SNOM: "snom", POLYCOM: "polycom", IP5000: "polycom", GXP: "grandstream", GRP: "grandstream"}
-    differ = []
-    for mac, vendor in vendor_of.items():
-        out = tmp_path / mac
-        spg_home.cli("render", mac, "--out", str(out), check=True)
-        for path in sorted(out.iterdir()):
-            body = path.read_bytes()
-            ET.fromstring(body)  # well formed
-            is_trigger = path.name == TRIGGER[mac]
-            assert (MASK.encode() in body) == is_trigger, f"{path.name}: secrets masked, and only in the device file"
-            golden = GOLDEN / vendor / path.name
-            if update:
-                golden.parent.mkdir(parents=True, exist_ok=True)
-                golden.write_bytes(body)
-            elif not golden.exists() or golden.read_bytes() != body:
-                differ.append(f"{vendor}/{path.name}")
-    assert not differ, f"rendered files differ from tests/golden (review, then UPDATE_GOLDEN=1): {differ}"
-
-
-# ---- end to end: the real server, curl and tftp as each phone --------------------------------------------------
-
-def test_each_vendor_enrols_then_needs_digest(spg_home):
-    srv = start_server(spg_home)
-    try:
-        rt_inv = Runtime(home=spg_home.path, inventory_path=spg_home.inventory)  # inventory and catalog only
-        for mac in ONE_PER_PROFILE:
-            dev = rt_inv.inventory.device(mac)
-            vendor = rt_inv.catalog.get(dev.vendor)
-            fname = vendor.trigger.filename_for(mac=mac)
-            assert fname == TRIGGER[mac]
-            ua = vendor.user_agent_for(dev.model, mac)
-            assert srv.curl(fname, "curl/8.0")[0] == 401, f"{vendor.name}: a foreign User-Agent cannot enrol"
-            status, first = srv.curl(fname, ua)
-            assert status == 200, f"{vendor.name}: enrolment fetch of {fname}"
-            got = parse(vendor.name, first)  # parses with the vendor's root
-            user, password = got["prov_user"], got["prov_password"].reveal()
-            check(user == mac and len(password) >= 16, f"{vendor.name}: credentials handed out")
-            status, _ = srv.curl(fname, ua)
-            assert status == 401, f"{vendor.name}: second anonymous fetch refused"
-            status, again = srv.curl(fname, ua, user=user, password=password)
-            assert status == 200, f"{vendor.name}: digest fetch with the handed-out credentials"
-            same = again == first
-            check(same, f"{vendor.name}: digest fetch serves the same config")
-            status, _ = srv.curl(fname, ua, user=user, password=password[:-1] + ("x" if password[-1] != "x" else "y"))
-            assert status == 401, f"{vendor.name}: a wrong password is refused"
-    finally:
-        srv.stop()
 
 
 def test_common_files_and_tftp_answers_are_secret_free(spg_home, tmp_path):
@@ -547,9 +279,11 @@ def test_common_files_and_tftp_answers_are_secret_free(spg_home, tmp_path):
             for word in (b"user_pass", b"http_client_pass", b"auth.password", b"localAdminPassword",
                          b"prov.password", b"<P34>", b"<P2>", b"<P1361>", b"********"):
                 assert word not in body, f"{name} carries no secret setting"
-        # a known Polycom asking for <mac>.cfg (the per-phone master we do not serve) gets the uniform 401,
-        # then falls back to 000000000000.cfg; the file stays Yealink's/Fanvil's for their own phones
-        assert srv.curl(f"{POLYCOM}.cfg", poly_ua)[0] == 401
+        # a Polycom asking for <mac>.cfg (the per-phone master we do not serve) gets a 404 that does not count
+        # against it, known MAC or not, and falls back to 000000000000.cfg; the name stays Yealink's/Fanvil's
+        # per-device file for their own phones
+        assert srv.curl(f"{POLYCOM}.cfg", poly_ua)[0] == 404
+        assert srv.curl("0004f2999999.cfg", poly_ua)[0] == 404
         # an unknown Polycom MAC gets the same 401 as a known one
         assert srv.curl("0004f2999999-user.cfg", poly_ua)[0] == 401
     finally:

@@ -16,6 +16,15 @@
   rules (GetInfoEx, LANConfigSecurity GetInfo) are enforced on every write (801 too short, 802 too long,
   803 invalid characters). The rule *values* are this test box's choice: no real box's GetInfoEx answer
   was available.
+- Older FRITZ!OS: the variants "7.57-old" and "7.57-no-setclient4" are *derived* from the real 7.57
+  descriptions by removing what `drop` names (an out-argument, an action), to model a FRITZ!OS generation
+  before those were added; which release added them is not verified, only that AVM added them over time.
+- Numbers: X_AVM-DE_GetNumbers answers AVM's number list (`<List><Item><Number/><Type/><Index/><Name/></Item>
+  </List>`, format as in blacksenator/fritzsoap src/x_voip.php, citing AVM's x_voipSCPD) built from the
+  VoIP accounts (eVoIP, Index = account index) and `other_numbers`; SetClient4's InComingNumbers must be
+  empty or such a list whose items are the box's own numbers (else 402, recorded in `violations`).
+- `keeps_client_id = False` models a box that drops the ClientId a client was written with;
+  `refuse_actions` answers 401 Invalid Action to actions the description lists.
 - Second factor: actions in `second_factor_actions` answer 866 until an X_AVM-DE_Auth session (SetConfig
   start → token) is "authenticated" by `confirm()` (the technician pressing the button) and the call
   carries its token in the `<avm:token>` SOAP header.
@@ -62,6 +71,12 @@ VARIANTS = {
              "trunk_password": (0, 64, PRINTABLE), "trunk_username": (0, 64, PRINTABLE),
              "voip_password_readable": False},
 }
+# derived descriptions (see the module text): the 7.57 files minus what `drop` names, per SCPD file
+VARIANTS["7.57-old"] = {**VARIANTS["7.57"], "drop": {
+    "lanconfigsecuritySCPD.xml": {"outs": {"GetInfo": ["NewX_AVM-DE_IsDefaultPasswordActive"]}}}}
+VARIANTS["7.57-no-setclient4"] = {**VARIANTS["7.57"], "drop": {
+    "lanconfigsecuritySCPD.xml": {"outs": {"GetInfo": ["NewX_AVM-DE_IsDefaultPasswordActive"]}},
+    "x_voipSCPD.xml": {"actions": ["X_AVM-DE_SetClient4", "X_AVM-DE_GetNumbers"]}}}
 
 
 class Fault(Exception):
@@ -117,6 +132,8 @@ class TR064Box:
         self.readonly_users: set[str] = set()
         self.tls = tls
         self.second_factor_actions = set(second_factor_actions or ())
+        self.keeps_client_id = True
+        self.refuse_actions: set[str] = set()
         self.methods = "button,dtmf;*1234"
         self.lock = threading.RLock()
         self.calls: list[tuple[str, str]] = []
@@ -136,6 +153,7 @@ class TR064Box:
         self.config_password = self.factory_password
         self.default_password_active = True
         self.max_accounts = 20
+        self.other_numbers: list[dict] = []  # numbers of other lines (POTS, ISDN, ...): {Number, Type, Index, Name}
 
     # ---- descriptions ----------------------------------------------------------------------------
     def _load_descriptions(self) -> None:
@@ -149,7 +167,7 @@ class TR064Box:
                           s.findtext(f"{{{DEV_NS}}}SCPDURL"))
             path = self.root / svc.scpd.lstrip("/")
             if path.exists():
-                scpd = ET.parse(path).getroot()
+                scpd = ET.fromstring(self.scpd_bytes(path.name))
                 for a in scpd.iter(f"{{{SVC_NS}}}action"):
                     ins, outs = [], []
                     for arg in a.iter(f"{{{SVC_NS}}}argument"):
@@ -161,6 +179,26 @@ class TR064Box:
         disp = tree.find(f"{{{DEV_NS}}}systemVersion/{{{DEV_NS}}}Display")
         self.display_version = disp.text if disp is not None else "?"
         self.model = tree.findtext(f".//{{{DEV_NS}}}modelName")
+
+    def scpd_bytes(self, name: str) -> bytes:
+        """An SCPD as this box serves it: the real file, minus what a derived variant drops."""
+        raw = (self.root / name).read_bytes()
+        drop = self.variant.get("drop", {}).get(name)
+        if not drop:
+            return raw
+        ET.register_namespace("", SVC_NS)
+        tree = ET.fromstring(raw)
+        actions = tree.find(f"{{{SVC_NS}}}actionList")
+        for a in list(actions):
+            aname = a.findtext(f"{{{SVC_NS}}}name")
+            if aname in drop.get("actions", ()):
+                actions.remove(a)
+                continue
+            args = a.find(f"{{{SVC_NS}}}argumentList")
+            for arg in list(args) if args is not None else ():
+                if arg.findtext(f"{{{SVC_NS}}}name") in drop.get("outs", {}).get(aname, ()):
+                    args.remove(arg)
+        return b'<?xml version="1.0"?>\n' + ET.tostring(tree)
 
     def has_action(self, short: str, action: str) -> bool:
         return any(s.short == short and action in s.actions for s in self.services.values())
@@ -310,9 +348,13 @@ class TR064Box:
             with self.lock:
                 if user in self.readonly_users and not action.startswith(("Get", "X_AVM-DE_Get")):
                     raise Fault(606, "Action not authorized")
+                if action in self.refuse_actions:
+                    raise Fault(401, "Invalid Action")
                 if action in self.second_factor_actions and self.auth_sessions.get(token or "") != "authenticated":
                     raise Fault(866, "second factor authentication required")
                 out = impl(args, user=user, token=token) or {}
+                dropped = self.variant.get("drop", {}).get(svc.scpd.lstrip("/"), {}).get("outs", {}).get(action, ())
+                out = {k: v for k, v in out.items() if k not in dropped}
         except Fault as f:
             return _fault(f.code, f.desc)
         extra = set(out) - set(spec.outs)
@@ -513,8 +555,22 @@ class TR064Box:
         for j, c in enumerate(self.clients):
             if j != i and c["username"] == a["NewX_AVM-DE_ClientUsername"]:
                 raise Fault(820, "Internal Error")  # a user name in use (what a real box says: unverified)
+        incoming = a["NewX_AVM-DE_InComingNumbers"]
+        if incoming.strip():
+            mine = {(n["Number"], n["Type"], str(n["Index"])) for n in self.numbers()}
+            try:
+                root = ET.fromstring(incoming)
+                items = [(i.findtext("Number") or "", i.findtext("Type") or "", i.findtext("Index") or "")
+                         for i in root.findall("Item")] if root.tag == "List" else []
+            except ET.ParseError:
+                items = []
+            if not items or any(i not in mine for i in items):
+                self.violations.append(f"X_VoIP:X_AVM-DE_SetClient4 InComingNumbers is not a list of the box's own "
+                                       f"numbers: {incoming[:200]!r}")
+                raise Fault(402, "Invalid Args")
         entry = {"password": a["NewX_AVM-DE_ClientPassword"], "username": a["NewX_AVM-DE_ClientUsername"],
-                 "phone_name": a["NewX_AVM-DE_PhoneName"], "client_id": a["NewX_AVM-DE_ClientId"],
+                 "phone_name": a["NewX_AVM-DE_PhoneName"],
+                 "client_id": a["NewX_AVM-DE_ClientId"] if self.keeps_client_id else "",
                  "outgoing": a["NewX_AVM-DE_OutGoingNumber"], "incoming": a["NewX_AVM-DE_InComingNumbers"],
                  "external": False}
         if i == len(self.clients):
@@ -526,6 +582,20 @@ class TR064Box:
             entry["external"] = self.clients[i]["external"]
             self.clients[i] = entry
         return {"NewX_AVM-DE_InternalNumber": entry["internal"]}
+
+    def numbers(self) -> list[dict]:
+        out = [{"Number": acc["NewVoIPNumber"], "Type": "eVoIP", "Index": i, "Name": ""}
+               for i, acc in sorted(self.accounts.items()) if acc.get("NewVoIPNumber")]
+        return out + list(self.other_numbers)
+
+    def _X_VoIP__X_AVM_DE_GetNumberOfNumbers(self, a, **_):
+        return {"NewNumberOfNumbers": len(self.numbers())}
+
+    def _X_VoIP__X_AVM_DE_GetNumbers(self, a, **_):
+        items = "".join(f"<Item><Number>{html.escape(n['Number'])}</Number><Type>{n['Type']}</Type>"
+                        f"<Index>{n['Index']}</Index><Name>{html.escape(n['Name'])}</Name></Item>"
+                        for n in self.numbers())
+        return {"NewNumberList": f'<?xml version="1.0"?>\n<List>{items}</List>'}
 
     def _X_VoIP__X_AVM_DE_DeleteClient(self, a, **_):
         del self.clients[self._client(a)]
@@ -600,7 +670,7 @@ class _Handler(BaseHTTPRequestHandler):
         if name.endswith("SCPD.xml") and "/" not in name:
             f = box.root / name
             if f.is_file():
-                return self._send(200, f.read_bytes(), "text/xml")
+                return self._send(200, box.scpd_bytes(name), "text/xml")
             if any(s.scpd == path for s in box.services.values()):
                 return self._send(200, EMPTY_SCPD.encode(), "text/xml")
         self._send(404, b"<html><body>404 Not Found</body></html>", "text/html")

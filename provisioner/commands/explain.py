@@ -104,7 +104,7 @@ def explain_device(rt, mac: str, limit: int = 10) -> dict:
     for r, ident in zip(fetches, idents):
         row = {"at": r["at"].isoformat() if r["at"] else None, "source_ip": r["source_ip"],
                "transport": r["transport"], "file": r["filename"], "status": r["status"],
-               "reason": r["reason"], "user_agent": r["user_agent"],
+               "reason": r["reason"], "user_agent": r["user_agent"], "counted": bool(r.get("counted")),
                "identified": {"vendor": ident.vendor, "model": ident.model, "firmware": ident.firmware,
                               "mac": ident.mac, "score": ident.score},
                "conflicts": ident.conflicts, "hint": hint_for(r["status"], r["reason"])}
@@ -198,6 +198,8 @@ def explain(rt, mac: str, limit: int, as_json: bool):
             t.add_column(col, overflow="fold")
         for r in res["requests"]:
             why = r["reason"] + "".join(f"; {c}" for c in r["conflicts"])
+            if r["counted"]:
+                why += " (counted against the source)"
             t.add_row((r["at"] or "")[:19], r["source_ip"], r["transport"], r["file"], str(r["status"]), why,
                       r["hint"] or "")
         out.print(t)

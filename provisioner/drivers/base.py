@@ -8,7 +8,9 @@ operations from the inventory and the store; what it does hold is read back as a
 - a `Secret` (compared in constant time, never shown),
 - a `Verifier` (what the device keeps instead of a secret, e.g. a password hash: it can check a
   candidate but not give it back),
-- `WRITE_ONLY` (the device offers no way to read it back: reported, never counted as drift).
+- `WRITE_ONLY` (the device offers no way to read it back: reported, never counted as drift),
+- `NOT_REPORTED` (this firmware does not return the value at all, e.g. a read-back key an older FRITZ!OS
+  lacks: reported as "not reported", never counted as drift).
 
 Every error a driver raises is a `DriverError` (exit code 4: the device did not do or confirm it) with a
 message fit for an operator: what failed, on which device, and what to do. No message ever holds a
@@ -63,6 +65,16 @@ class ActionFailed(DriverError):
     """The device answered with an error to an action."""
 
 
+class PushIncomplete(DriverError):
+    """A push stopped after it had written part of the configuration (exit code 4: not confirmed).
+
+    `result` holds what was written before it stopped; the message names it too."""
+
+    def __init__(self, message: str, result: "PushResult"):
+        super().__init__(message)
+        self.result = result
+
+
 # ---- values and drift ------------------------------------------------------------------------------
 
 class _WriteOnly:
@@ -73,6 +85,16 @@ class _WriteOnly:
 
 
 WRITE_ONLY = _WriteOnly()  # the device cannot give this value back (a password behind a setter only)
+
+
+class _NotReported:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NOT_REPORTED"
+
+
+NOT_REPORTED = _NotReported()  # this firmware does not return the value (an older interface version)
 
 
 class Verifier(abc.ABC):
@@ -98,6 +120,8 @@ def show(v: Value) -> str:
         return v.describe()
     if v is WRITE_ONLY:
         return "(not readable)"
+    if v is NOT_REPORTED:
+        return "(not reported)"
     return str(v)
 
 
@@ -120,8 +144,8 @@ class Drift:
 
 
 def _equal(expected: Value, actual: Value) -> bool | None:
-    """True/False, or None when the device cannot tell (write-only)."""
-    if actual is WRITE_ONLY:
+    """True/False, or None when the device cannot tell (write-only, not reported)."""
+    if actual is WRITE_ONLY or actual is NOT_REPORTED:
         return None
     if isinstance(expected, Secret):
         if isinstance(actual, Verifier):
@@ -151,8 +175,9 @@ def compare_states(expected: Mapping[str, Value], actual: Mapping[str, Value],
             continue
         same = _equal(want, actual[key])
         if same is None:
-            out.append(Drift(key, "unverifiable", show(want), show(actual[key]),
-                             details.get(key, "the device offers no way to read this back")))
+            why = ("this firmware does not report it" if actual[key] is NOT_REPORTED
+                   else "the device offers no way to read this back")
+            out.append(Drift(key, "unverifiable", show(want), show(actual[key]), details.get(key, why)))
         elif not same:
             out.append(Drift(key, "differs", show(want), show(actual[key]), details.get(key, "")))
     extra: dict[str, list[str]] = {}  # one finding per object (client[x].a, client[x].b -> client[x])

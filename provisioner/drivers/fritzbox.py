@@ -9,9 +9,25 @@
   by index), X_AVM-DE_GetVoIPAccount, X_AVM-DE_DelVoIPAccount.
 - The box as registrar: one IP-phone client per handset line, X_AVM-DE_GetNumberOfClients /
   X_AVM-DE_GetClient3 / X_AVM-DE_SetClient4 / X_AVM-DE_DeleteClient, recognised by its ClientId
-  (`provisioner-<extension>`); passwords generated to the box's own rules (X_VoIP GetInfoEx).
+  (`provisioner-<extension>`); passwords generated to the box's own rules (X_VoIP GetInfoEx). After each
+  write the client is read back: a box that does not keep the ClientId as sent stops the push (exit 4),
+  since the agent could no longer tell its clients from the customer's; a client with one of the agent's
+  user names but without its ClientId is the customer's and is never taken over or removed.
+- InComingNumbers is AVM's number list, the format X_AVM-DE_GetNumbers answers (`<List><Item><Number>…
+  </Number><Type>eVoIP</Type><Index>0</Index><Name>…</Name></Item></List>`; sources: AVM "TR-064 Support –
+  X_VoIP" (x_voip-avm.pdf) as used by blacksenator/fritzsoap src/x_voip.php and Kruemelino/FBoxAPI
+  FBoxObj/SIP/SIPTelNrList.vb, which deserialises the GetClient3 value into that list). Each entry is
+  copied from the box's own GetNumbers entry for that number: a number the box does not have is refused
+  before anything is written. The read-back parses the list and compares the numbers. An empty list is sent
+  for a line without a number (unverified: AVM's default for an empty list is taken to be "all numbers").
+- Actions: REQUIRED (per part of the push) are checked against the box's own description before anything
+  is written (a box without one: NotSupported, exit 2, nothing written); without an OPTIONAL action the
+  driver does less and says so (a read-back key it cannot get is NOT_REPORTED, never drift). A push that
+  stops after it wrote something (an action the description lists is refused, an error) raises
+  PushIncomplete (exit 4) naming what was written.
 - The box's config password: LANConfigSecurity SetConfigPassword, generated to LANConfigSecurity GetInfo's
-  rules; GetInfo's X_AVM-DE_IsDefaultPasswordActive is what can be read back.
+  rules; GetInfo's X_AVM-DE_IsDefaultPasswordActive is what can be read back (an older FRITZ!OS without it:
+  "not reported").
 - DeviceConfig Reboot / FactoryReset.
 - Error 866 (second factor): X_AVM-DE_Auth SetConfig(start) gives a token and the methods; the technician
   is told exactly what to do at the box; GetState is polled (token in the SOAP header) until
@@ -30,14 +46,16 @@ import logging
 import re
 import string
 import time
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
 
 from provisioner.credentials import DEFAULT_ALPHABET, PasswordRule
-from provisioner.drivers.base import (WRITE_ONLY, ActionFailed, AuthenticationFailed, ConfirmationTimeout, Driver,
-                                      DriverError, NotAuthorized, NotSupported, PinMismatch, Progress, PushResult,
-                                      Unreachable, scrub)
+from provisioner.drivers.base import (NOT_REPORTED, WRITE_ONLY, ActionFailed, AuthenticationFailed,
+                                      ConfirmationTimeout, Driver, DriverError, NotAuthorized, NotSupported,
+                                      PinMismatch, Progress, PushIncomplete, PushResult, Unreachable, scrub)
+from provisioner.errors import InputError
 from provisioner.drivers.pins import TlsPins, check_tls_pin, endpoint
 from provisioner.secret import Secret
 
@@ -47,6 +65,91 @@ CLIENT_ID_PREFIX = "provisioner-"
 AUTH_SERVICE = "X_AVM-DE_Auth1"
 VOIP = "X_VoIP1"
 TOKEN_HEADER = '<s:Header><avm:token xmlns:avm="avm.de" s:mustUnderstand="1">{token}</avm:token></s:Header>'
+LAN = "LANConfigSecurity1"
+
+# What each part of a push needs from the box's TR-064 description: (service, action, what for). Checked
+# before anything is written. Names as in the real SCPDs (tests/data/fritzbox: FRITZ!OS 7.57 and 8.02).
+REQUIRED: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "rules": ((VOIP, "GetInfoEx", "the box's rules for user names and passwords"),),
+    "clients": ((VOIP, "X_AVM-DE_GetNumberOfClients", "count the IP phones"),
+                (VOIP, "X_AVM-DE_GetClient3", "read an IP phone back with its ClientId and numbers"),
+                (VOIP, "X_AVM-DE_SetClient4", "write an IP phone with its user name and ClientId"),
+                (VOIP, "X_AVM-DE_DeleteClient", "remove an IP phone the agent created")),
+    "incoming": ((VOIP, "X_AVM-DE_GetNumbers", "the box's own numbers, for a handset's incoming numbers"),),
+    "trunks": ((VOIP, "X_AVM-DE_GetVoIPAccount", "read a SIP trunk back"),
+               (VOIP, "X_AVM-DE_AddVoIPAccount", "write a SIP trunk")),
+    "remove_trunks": ((VOIP, "X_AVM-DE_DelVoIPAccount", "remove a SIP trunk the agent set"),),
+    "config_password": ((LAN, "SetConfigPassword", "replace the box's config password"),),
+}
+# Without these the driver does less, and says so.
+OPTIONAL: dict[tuple[str, str], str] = {
+    (LAN, "GetInfo"): "config password rules (8..32 characters assumed) and X_AVM-DE_IsDefaultPasswordActive "
+                      "(read back as 'not reported')",
+    (LAN, "X_AVM-DE_GetCurrentUser"): "the login check and the user's rights (DeviceInfo GetInfo proves the login)",
+    (VOIP, "GetMaxVoIPNumbers"): "how many trunk indices to read back (20 without it)",
+    (VOIP, "GetExistingVoIPNumbers"): "a fact only",
+    (AUTH_SERVICE, "SetConfig"): "the second-factor confirmation, used only when the box asks for it (866)",
+    (AUTH_SERVICE, "GetState"): "the second-factor confirmation, used only when the box asks for it (866)",
+    ("DeviceInfo1", "GetInfo"): "model, firmware, serial (facts)",
+    ("DeviceConfig1", "Reboot"): "the reboot command only",
+    ("DeviceConfig1", "FactoryReset"): "the reset command only",
+}
+NUMBER_TYPES = ("eAllCalls", "eGSM", "eISDN", "eNone", "ePOTS", "eVoIP")  # Kruemelino/FBoxAPI Basics/Enums.vb
+
+
+def parse_number_list(text: str | None) -> list[dict[str, str]] | None:
+    """AVM's number list (GetNumbers' NewNumberList, GetClient3's InComingNumbers) as dicts; None when it
+    is not such a list. An empty value is the empty list."""
+    text = (text or "").strip()
+    if not text:
+        return []
+    if "<!DOCTYPE" in text[:2048] or "<!ENTITY" in text:
+        return None
+    try:
+        root = ET.fromstring(text)
+    except ET.ParseError:
+        return None
+    if root.tag != "List":
+        return None
+    out = []
+    for item in root.findall("Item"):
+        out.append({k: (item.findtext(k) or "").strip() for k in ("Number", "Type", "Index", "Name")})
+    return out
+
+
+def number_list(items: Sequence[dict[str, str]]) -> str:
+    """The XML list for X_AVM-DE_SetClient4's InComingNumbers; "" for none."""
+    if not items:
+        return ""
+    parts = "".join(f"<Item><Number>{html.escape(i['Number'], quote=False)}</Number>"
+                    f"<Type>{html.escape(i['Type'], quote=False)}</Type><Index>{html.escape(i['Index'], quote=False)}"
+                    f"</Index><Name>{html.escape(i.get('Name', ''), quote=False)}</Name></Item>" for i in items)
+    return f"<List>{parts}</List>"
+
+
+def _plain(number: str) -> str:
+    """A number as compared: without the spaces, dashes, slashes and brackets people write in it."""
+    return re.sub(r"[\s\-/().]", "", number or "")
+
+
+def _bool(v: Any) -> bool:
+    if isinstance(v, str):
+        return v.strip().lower() in ("1", "true", "yes")
+    return bool(v)
+
+
+def wanted_numbers(text: str) -> list[str]:
+    """A handset's incoming numbers as the inventory gives them (one number, or several with commas)."""
+    return [n.strip() for n in (text or "").split(",") if n.strip()]
+
+
+def incoming_shown(text: str | None) -> str:
+    """GetClient3's InComingNumbers as compared: the numbers of the list, sorted, with commas; a value that
+    is not AVM's list is shown as it is (and so differs)."""
+    items = parse_number_list(text)
+    if items is None:
+        return text or ""
+    return ",".join(sorted(_plain(i["Number"]) for i in items))
 
 
 class _NoDebug(logging.Filter):
@@ -99,6 +202,9 @@ class BoxDesired:
     config_password_applied: bool = False
     remove_trunks: tuple[int, ...] = ()  # indices of trunks the agent set that left the inventory
     force: bool = False  # write even what the store says is applied
+    # a handset's incoming number the box does not have: refuse the push (an operator's push), or leave it
+    # out of the client's list with a note (the registrar sync: the phones must still register)
+    strict_numbers: bool = True
 
     def secrets(self) -> list[Secret]:
         out = [t.password for t in self.trunks] + [h.password for h in self.handsets]
@@ -418,6 +524,9 @@ class FritzBoxDriver(Driver):
         if f.code == "868":
             return ActionFailed(f"{self.label}: {action}: another confirmation is running at the box (868); "
                                 f"finish or cancel it there and try again")
+        if f.code == "401":
+            return NotSupported(f"{self.label}: the box refused {service.rstrip('1')}:{action} as an invalid action "
+                                f"(401 {f.desc}) although its description lists it")
         if f.code in ("713", "714"):
             return ActionFailed(f"{self.label}: {action}: no such entry ({f.code} {f.desc})")
         return ActionFailed(f"{self.label}: {action} failed: error {f.code} {f.desc}")
@@ -476,11 +585,47 @@ class FritzBoxDriver(Driver):
         except (DriverError, _Fault):
             pass
 
+    # ---- what this FRITZ!OS offers --------------------------------------------------------------
+    def has(self, service: str, action: str) -> bool:
+        """Whether the box's own description lists the action (nothing else is ever sent)."""
+        if self.fc is None:
+            self.open()
+        svc = self.fc.services.get(self.fc.normalize_name(service))
+        return svc is not None and action in svc.actions
+
+    def needs(self, desired: BoxDesired) -> list[tuple[str, str, str]]:
+        """The REQUIRED actions a push of `desired` uses."""
+        parts = ["rules", "clients"]
+        if desired.trunks:
+            parts.append("trunks")
+        if desired.remove_trunks:
+            parts.append("remove_trunks")
+        if desired.config_password is not None:
+            parts.append("config_password")
+        if any(wanted_numbers(h.incoming_numbers) for h in desired.handsets):
+            parts.append("incoming")
+        return [need for part in parts for need in REQUIRED[part]]
+
+    def preflight(self, desired: BoxDesired) -> None:
+        """Refuse, before anything is written, a push this FRITZ!OS cannot complete."""
+        missing = [f"{svc.rstrip('1')}:{action} ({why})" for svc, action, why in self.needs(desired)
+                   if not self.has(svc, action)]
+        if missing:
+            version = getattr(self.fc, "system_version", None) or "this FRITZ!OS"
+            raise NotSupported(f"{self.label}: FRITZ!OS {version} lacks what the push needs: " + "; ".join(missing)
+                               + ". Nothing was written; update the box's FRITZ!OS, or set this up in its user "
+                               "interface.")
+
+    def optional_missing(self) -> list[str]:
+        """OPTIONAL actions this box lacks, with what the driver does without them."""
+        return [f"{svc.rstrip('1')}:{action}: {what}" for (svc, action), what in OPTIONAL.items()
+                if not self.has(svc, action)]
+
     # ---- rules ---------------------------------------------------------------------------------
     def rules(self) -> BoxRules:
         ex = self._call(VOIP, "GetInfoEx", second_factor=False)
         try:
-            lan = self._call("LANConfigSecurity1", "GetInfo", second_factor=False)
+            lan = self._call(LAN, "GetInfo", second_factor=False)
         except DriverError:
             lan = {}
 
@@ -532,6 +677,9 @@ class FritzBoxDriver(Driver):
         out["voip_accounts"] = get(VOIP, "GetExistingVoIPNumbers").get("NewExistingVoIPNumbers")
         out["ip_phone_clients"] = get(VOIP, "X_AVM-DE_GetNumberOfClients").get("NewX_AVM-DE_NumberOfClients")
         out["unavailable"] = missing
+        out["actions_missing"] = self.optional_missing() + [
+            f"{svc.rstrip('1')}:{action} (required to {why})" for part in REQUIRED.values()
+            for svc, action, why in part if not self.has(svc, action)]
         return out
 
     def _trunk_indices(self) -> range:
@@ -584,13 +732,16 @@ class FritzBoxDriver(Driver):
             out.update({f"{k}.username": c.get("NewX_AVM-DE_ClientUsername") or "",
                         f"{k}.phone_name": c.get("NewX_AVM-DE_PhoneName") or "",
                         f"{k}.outgoing_number": c.get("NewX_AVM-DE_OutGoingNumber") or "",
-                        f"{k}.incoming_numbers": c.get("NewX_AVM-DE_InComingNumbers") or "",
+                        f"{k}.incoming_numbers": incoming_shown(c.get("NewX_AVM-DE_InComingNumbers")),
                         f"{k}.external_registration": bool(c.get("NewX_AVM-DE_ExternalRegistration")),
                         f"{k}.password": WRITE_ONLY})
-        lan = self._call("LANConfigSecurity1", "GetInfo", second_factor=False)
         out["config_password"] = WRITE_ONLY
-        if "NewX_AVM-DE_IsDefaultPasswordActive" in lan:
-            out["config_password.default_active"] = bool(lan["NewX_AVM-DE_IsDefaultPasswordActive"])
+        try:  # optional: an older FRITZ!OS has no GetInfo here, or no X_AVM-DE_IsDefaultPasswordActive in it
+            lan = self._call(LAN, "GetInfo", second_factor=False)
+        except NotSupported:
+            lan = {}
+        flag = lan.get("NewX_AVM-DE_IsDefaultPasswordActive")
+        out["config_password.default_active"] = NOT_REPORTED if flag is None else _bool(flag)
         return out
 
     def expected(self, desired: BoxDesired) -> dict[str, Any]:
@@ -603,7 +754,8 @@ class FritzBoxDriver(Driver):
         for h in desired.handsets:
             k = f"client[{h.client_id}]"
             out.update({f"{k}.username": h.username, f"{k}.phone_name": h.phone_name,
-                        f"{k}.outgoing_number": h.outgoing_number, f"{k}.incoming_numbers": h.incoming_numbers,
+                        f"{k}.outgoing_number": h.outgoing_number,
+                        f"{k}.incoming_numbers": ",".join(sorted(_plain(n) for n in wanted_numbers(h.incoming_numbers))),
                         f"{k}.external_registration": False, f"{k}.password": h.password})
         if desired.config_password is not None:
             out["config_password"] = desired.config_password
@@ -620,23 +772,85 @@ class FritzBoxDriver(Driver):
     def push(self, desired: BoxDesired) -> PushResult:
         self.open()
         self._secrets.extend(desired.secrets())
+        # everything that can refuse the push is checked before the first write
+        self.preflight(desired)
+        self._check_user_names(desired, self._clients())
+        numbers = self._check_numbers(desired)
         res = PushResult()
-        for index in desired.remove_trunks:
-            if self._get_trunk(index) is not None:
-                self.progress(f"removing SIP trunk {index} (no longer in the inventory)")
-                self._call(VOIP, "X_AVM-DE_DelVoIPAccount", NewVoIPAccountIndex=index)
-                res.removed.append(f"trunk[{index}]")
-        for t in desired.trunks:
-            self._push_trunk(t, desired.force, res)
-        self._push_clients(desired, res)
-        if desired.config_password is not None:
-            if desired.config_password_applied and not desired.force:
-                res.unchanged.append("config_password")
-            else:
-                self.progress("replacing the box's config password")
-                self._call("LANConfigSecurity1", "SetConfigPassword", NewPassword=desired.config_password.reveal())
-                res.changed.append("config_password")
+        try:
+            for index in desired.remove_trunks:
+                if self._get_trunk(index) is not None:
+                    self.progress(f"removing SIP trunk {index} (no longer in the inventory)")
+                    self._call(VOIP, "X_AVM-DE_DelVoIPAccount", NewVoIPAccountIndex=index)
+                    res.removed.append(f"trunk[{index}]")
+            for t in desired.trunks:
+                self._push_trunk(t, desired.force, res)
+            if numbers is not None and any(t.number for t in desired.trunks):
+                numbers = self._box_numbers()  # the trunks just written add their numbers
+            self._push_clients(desired, res, numbers or [])
+            if desired.config_password is not None:
+                if desired.config_password_applied and not desired.force:
+                    res.unchanged.append("config_password")
+                else:
+                    self.progress("replacing the box's config password")
+                    self._call(LAN, "SetConfigPassword", NewPassword=desired.config_password.reveal())
+                    res.changed.append("config_password")
+        except PushIncomplete:
+            raise
+        except NotSupported as e:  # the description listed it, the box refused it: stopped midway
+            raise PushIncomplete(f"{e}. {self._written(res)}", res) from None
+        except DriverError as e:
+            if res.changed or res.removed:
+                e.args = (f"{e} {self._written(res)}",)
+                e.result = res  # type: ignore[attr-defined]
+            raise
         return res
+
+    @staticmethod
+    def _written(res: PushResult) -> str:
+        done = res.changed + [f"removed {k}" for k in res.removed]
+        return ("Written before it stopped: " + ", ".join(done) + "." if done else "Nothing was written.")
+
+    def _box_numbers(self) -> list[dict[str, str]]:
+        items = parse_number_list(self._call(VOIP, "X_AVM-DE_GetNumbers", second_factor=False).get("NewNumberList"))
+        if items is None:
+            raise ActionFailed(f"{self.label}: X_AVM-DE_GetNumbers did not answer AVM's number list")
+        return items
+
+    def _check_numbers(self, desired: BoxDesired) -> list[dict[str, str]] | None:
+        """Every incoming number a handset wants is one of the box's own (X_AVM-DE_GetNumbers) or a trunk's
+        this push writes; None when no handset wants one."""
+        wanted = {_plain(n): n for h in desired.handsets for n in wanted_numbers(h.incoming_numbers)}
+        if not wanted:
+            return None
+        numbers = self._box_numbers()
+        have = {_plain(i["Number"]) for i in numbers} | {_plain(t.number) for t in desired.trunks if t.number}
+        unknown = [n for plain, n in wanted.items() if plain not in have]
+        if unknown and not desired.strict_numbers:
+            self.progress(f"the box has no number {', '.join(unknown)}: left out of the IP phones' incoming numbers")
+            return numbers
+        if unknown:
+            listed = ", ".join(sorted({i["Number"] for i in numbers})) or "none"
+            raise InputError(f"{self.label}: the box has no number {', '.join(unknown)} for a handset's incoming calls "
+                             f"(its numbers: {listed}; the inventory's trunks add theirs). Nothing was written: add "
+                             f"the number to the box or as a trunk, or correct the line's number.")
+        return numbers
+
+    def _check_user_names(self, desired: BoxDesired, clients: list[dict]) -> None:
+        """A client that has one of the agent's user names but not its ClientId is someone else's: refuse
+        rather than take it over (and the box refuses a second client with the same user name)."""
+        wanted = {h.client_id for h in desired.handsets}
+        for h in desired.handsets:
+            for c in clients:
+                cid = c.get("NewX_AVM-DE_ClientId") or ""
+                if cid.startswith(CLIENT_ID_PREFIX) and cid not in wanted:
+                    continue  # the agent's own stale client: removed before anything is added
+                if (c.get("NewX_AVM-DE_ClientUsername") or "") == h.username and cid != h.client_id:
+                    raise ActionFailed(
+                        f"{self.label}: IP phone #{c['index']} ({c.get('NewX_AVM-DE_PhoneName') or 'no name'}) "
+                        f"already uses the user name {h.username!r} with ClientId {cid or '(none)'}, not the agent's "
+                        f"{h.client_id!r}. Nothing was written: remove or rename it on the box, or set the router "
+                        f"option client_username_prefix.")
 
     def _push_trunk(self, t: Trunk, force: bool, res: PushResult) -> None:
         key = f"trunk[{t.index}]"
@@ -657,7 +871,7 @@ class FritzBoxDriver(Driver):
                    NewVoIPOutboundProxy=t.outbound_proxy, NewVoIPSTUNServer=t.stun_server)
         res.changed.append(key)
 
-    def _push_clients(self, desired: BoxDesired, res: PushResult) -> None:
+    def _push_clients(self, desired: BoxDesired, res: PushResult, numbers: list[dict[str, str]]) -> None:
         clients = self._clients()
         ours = {c.get("NewX_AVM-DE_ClientId"): c for c in clients
                 if (c.get("NewX_AVM-DE_ClientId") or "").startswith(CLIENT_ID_PREFIX)}
@@ -672,15 +886,20 @@ class FritzBoxDriver(Driver):
             clients = self._clients()
             ours = {c.get("NewX_AVM-DE_ClientId"): c for c in clients
                     if (c.get("NewX_AVM-DE_ClientId") or "").startswith(CLIENT_ID_PREFIX)}
+        by_number = {_plain(i["Number"]): i for i in numbers}
         count = len(clients)
         for h in desired.handsets:
             key = f"client[{h.client_id}]"
             have = ours.get(h.client_id)
+            incoming = [by_number[_plain(n)] for n in wanted_numbers(h.incoming_numbers) if _plain(n) in by_number]
+            if len(incoming) < len(wanted_numbers(h.incoming_numbers)):
+                res.notes.append(f"{h.extension}: incoming number(s) the box does not have were left out")
+            want_in = ",".join(sorted(_plain(i["Number"]) for i in incoming))
             if have is not None and not desired.force and h.applied and (
                     have.get("NewX_AVM-DE_ClientUsername") or "", have.get("NewX_AVM-DE_PhoneName") or "",
-                    have.get("NewX_AVM-DE_OutGoingNumber") or "", have.get("NewX_AVM-DE_InComingNumbers") or "",
-                    bool(have.get("NewX_AVM-DE_ExternalRegistration"))) == (
-                    h.username, h.phone_name, h.outgoing_number, h.incoming_numbers, False):
+                    have.get("NewX_AVM-DE_OutGoingNumber") or "", incoming_shown(have.get("NewX_AVM-DE_InComingNumbers")),
+                    _bool(have.get("NewX_AVM-DE_ExternalRegistration"))) == (
+                    h.username, h.phone_name, h.outgoing_number, want_in, False):
                 res.unchanged.append(key)
                 continue
             index = have["index"] if have is not None else count
@@ -689,13 +908,22 @@ class FritzBoxDriver(Driver):
                 "NewX_AVM-DE_ClientIndex": index, "NewX_AVM-DE_ClientPassword": h.password.reveal(),
                 "NewX_AVM-DE_ClientUsername": h.username, "NewX_AVM-DE_PhoneName": h.phone_name,
                 "NewX_AVM-DE_ClientId": h.client_id, "NewX_AVM-DE_OutGoingNumber": h.outgoing_number,
-                "NewX_AVM-DE_InComingNumbers": h.incoming_numbers})
+                "NewX_AVM-DE_InComingNumbers": number_list(incoming)})
             if have is None:
                 count += 1
+            res.changed.append(key)
             internal = r.get("NewX_AVM-DE_InternalNumber")
             if internal:
                 res.notes.append(f"{h.extension}: internal number {internal}")
-            res.changed.append(key)
+            # the ClientId is the agent's only proof of ownership: check the box kept it as sent
+            kept = self._call(VOIP, "X_AVM-DE_GetClient3", second_factor=False,
+                              **{"NewX_AVM-DE_ClientIndex": index}).get("NewX_AVM-DE_ClientId") or ""
+            if kept != h.client_id:
+                raise PushIncomplete(
+                    f"{self.label}: the box did not keep the ClientId {h.client_id!r} of IP phone {h.extension} (it "
+                    f"reports {kept or '(none)'!r}), so the agent cannot tell its IP phones from the customer's; "
+                    f"stopped. {self._written(res)} Remove that IP phone on the box by hand if it is not wanted.",
+                    res)
 
     # ---- actions -------------------------------------------------------------------------------
     def reboot(self) -> None:

@@ -130,7 +130,7 @@ class FritzBoxRegistrar(Registrar):
                         number = ln.number or ""
                         handsets.append(Handset(ln.extension, user, (dev.name or ln.display_name)[:64], pw,
                                                 number, number, False))
-                drv.push(BoxDesired(handsets=tuple(handsets)))
+                drv.push(BoxDesired(handsets=tuple(handsets), strict_numbers=False))
         except (DriverError, ProvisionerError) as e:
             if isinstance(e, RegistrarError):
                 raise

@@ -75,6 +75,12 @@ def not_found(reason: str, mac: str | None = None) -> Reply:
     return Reply(404, b"not found\n", reason=reason, mac=mac, failure=True)
 
 
+def not_served(vendor: VendorProfile, entry) -> Reply:
+    """A file the vendor's phones ask for on a normal boot that we do not serve (vendors/<name>.yaml
+    not_served): the same 404 as any missing file, but never counted against the source."""
+    return Reply(404, b"not found\n", reason=f"not served ({vendor.name}: {entry.why}); not counted"[:255])
+
+
 class EventRecorder:
     """Writes fetch events in batches off the request path."""
 
@@ -90,7 +96,8 @@ class EventRecorder:
     def record(self, req: Request, reply: Reply) -> None:
         row = {"at": utcnow(), "mac": reply.mac, "source_ip": req.ip, "transport": req.transport,
                "filename": req.filename[:255], "status": reply.status, "hash": reply.digest,
-               "user_agent": (req.user_agent or "")[:255] or None, "reason": reply.reason[:255]}
+               "user_agent": (req.user_agent or "")[:255] or None, "reason": reply.reason[:255],
+               "counted": reply.failure}
         try:
             self._q.put_nowait(row)
         except queue.Full:
@@ -247,6 +254,9 @@ class Pipeline:
             return not_found("file name refused (not a plain file name)"), None, None
         if name == CA_NAME:
             return Reply(200, self.ca_pem, "application/x-pem-file", reason="CA certificate"), None, None
+        ignored = self.catalog.match_not_served(name, req.user_agent)
+        if ignored is not None:
+            return not_served(*ignored), None, None
         matches = self.catalog.match_file(name)
         if not matches:
             return not_found("no vendor profile asks for this file name"), None, None
@@ -453,6 +463,9 @@ class Pipeline:
     def _upload(self, req: Request) -> Reply:
         if not SAFE_NAME.match(req.filename):
             return not_found("file name refused (not a plain file name)")
+        ignored = self.catalog.match_not_served(req.filename, req.user_agent, "PUT")
+        if ignored is not None:
+            return not_served(*ignored)
         inv = self.rt.inventory
         matches = self.catalog.match_upload(req.filename)
         if not matches:

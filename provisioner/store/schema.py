@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from sqlalchemy import (BigInteger, Column, DateTime, ForeignKey, Index, Integer, LargeBinary, MetaData, String,
-                        Table, Text, UniqueConstraint)
+from sqlalchemy import (BigInteger, Boolean, Column, DateTime, ForeignKey, Index, Integer, LargeBinary, MetaData,
+                        String, Table, Text, UniqueConstraint)
 
 metadata = MetaData()
 
@@ -61,6 +61,8 @@ fetch_events = Table(
     Column("hash", String(64)),
     Column("user_agent", String(255)),
     Column("reason", String(255), nullable=False),
+    # the refusal counted against the source (serve/guard.py); null for rows written before this column
+    Column("counted", Boolean),
     Index("ix_fetch_events_mac_at", "mac", "at"),
     Index("ix_fetch_events_at", "at"),
 )

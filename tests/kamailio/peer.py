@@ -222,7 +222,12 @@ class Phone:
         return v[f"account.{index}.auth_name"][0], Secret(v[f"account.{index}.password"][0])
 
     def registrar(self, index: int = 1) -> tuple[str, int]:
+        """Where the account's REGISTER goes: the outbound proxy when one is on (the registrar host differs
+        from the SIP domain), else the SIP server."""
         v = self._values()
+        if v.get(f"account.{index}.outbound_proxy_enable") == ["1"]:
+            return (v[f"account.{index}.outbound_proxy.1.address"][0],
+                    int(v[f"account.{index}.outbound_proxy.1.port"][0]))
         return v[f"account.{index}.sip_server.1.address"][0], int(v[f"account.{index}.sip_server.1.port"][0])
 
     @property

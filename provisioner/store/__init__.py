@@ -223,6 +223,14 @@ class Store:
         values.setdefault("updated_at", utcnow())
         return conn.execute(devices.update().where(devices.c.mac == mac).values(**values)).rowcount
 
+    def lock_device(self, conn, mac: str, reason: str, only_from: tuple[str, ...] | None = None) -> int:
+        """Lock a device (it gets no config until an operator unlocks or resets it); with `only_from`, only
+        if it is in one of these states (two processes seeing one event lock it once)."""
+        q = devices.update().where(devices.c.mac == mac)
+        if only_from:
+            q = q.where(devices.c.state.in_(only_from))
+        return conn.execute(q.values(state="locked", lock_reason=reason[:255], updated_at=utcnow())).rowcount
+
     def claim_enrolment(self, mac: str, ip: str, now: dt.datetime) -> bool:
         """Close the enrolment window for this device; True for exactly one caller, across replicas
         (and only from the window's address when it has one)."""

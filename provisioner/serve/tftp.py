@@ -169,16 +169,17 @@ class _Server(tftpy.TftpServer):
         key = f"{host}:{port}"
         if self.shutdown_gracefully:
             return
+        now = time.monotonic()
         ctx = self.sessions.get(key)
         if ctx is not None:  # a repeated RRQ: our first packet was lost (RFC 1350), or a forger repeats itself
-            if not ctx.verified and buf[:2] == b"\x00\x01" and ctx.repeats < MAX_REPEATS and ctx.last_pkt:
+            if (not ctx.verified and buf[:2] == b"\x00\x01" and ctx.repeats < MAX_REPEATS and ctx.last_pkt
+                    and self._limit.allow(host, now)):  # an answer like any other: within the source's rate
                 ctx.repeats += 1
                 try:
                     ctx.sock.sendto(ctx.last_pkt.encode().buffer, (ctx.host, ctx.port))
                 except OSError:
                     pass
             return
-        now = time.monotonic()
         if not self._limit.allow(host, now):
             metrics.inc("provisioner_tftp_dropped_total", (("why", "source rate"),))
             return

@@ -26,7 +26,7 @@ from provisioner.serve.limits import ConnectionLimits
 from provisioner.serve.protocol import with_direct
 from provisioner.serve.pipeline import EventRecorder, Pipeline
 from provisioner.serve.tftp import TftpService
-from provisioner.serve.tls import ensure_tls
+from provisioner.serve.tls import ensure_tls, fingerprint
 
 log = logging.getLogger("provisioner.serve")
 
@@ -214,7 +214,9 @@ def banner(rt: Runtime, host: str, port: int, tftp_addr, ca_path) -> str:
     inv = rt.inventory
     base = f"https://{host if host not in ('0.0.0.0', '::') else '127.0.0.1'}:{port}/p/"
     lines = [f"provisioner: HTTPS on {host}:{port}" + (f", TFTP on {tftp_addr[0]}:{tftp_addr[1]}" if tftp_addr else "")
-             + f", {len(inv.resolved)} devices, state in {rt.home}"]
+             + f", {len(inv.resolved)} devices, state in {rt.home}",
+             f"CA {ca_path}, SHA-256 fingerprint {fingerprint(ca_path)} (compare it with what a phone that got "
+             f"the CA over TFTP shows)"]
     dev = next(iter(inv.resolved.values()), None)
     if dev:
         vendor = rt.catalog.get(dev.vendor)

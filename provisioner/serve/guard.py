@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import itertools
 import threading
 import time
 from collections import deque
@@ -92,7 +93,7 @@ class Guard:
         src = self._sources.get(key)
         if src is None:
             if len(self._sources) >= self.policy.max_sources:
-                for old in list(self._sources)[:1000]:  # the oldest; never one whose ban still runs
+                for old in list(itertools.islice(self._sources, 1000)):  # the oldest, unless banned now
                     if old not in self._banned:
                         del self._sources[old]
             src = self._sources[key] = _Source()

@@ -175,6 +175,8 @@ class PhoneProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._progress += 1
         self._in_body = True
+        if self.transport.is_closing():  # refused or cut off earlier in this same read: nothing more runs
+            return
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None

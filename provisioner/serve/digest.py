@@ -24,7 +24,6 @@ import re
 import struct
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 
 REALM = "provisioner"
@@ -82,7 +81,7 @@ class DigestAuth:
         self._instance = instance or os.urandom(8)  # this process's nonces only: their counts are tracked here
         self._counter = itertools.count(int.from_bytes(os.urandom(4), "big"))
         self._lock = threading.Lock()
-        self._counts: OrderedDict[tuple[str, str], tuple[int, int]] = OrderedDict()  # -> (nc, issued)
+        self._counts: dict[tuple[str, str], tuple[int, int]] = {}  # -> (nc, issued), in order of first use
         self._forgotten_until = 0  # nonces issued up to this time lost their record: refused
         self.replays_refused = 0
 
@@ -142,11 +141,12 @@ class DigestAuth:
                 self.replays_refused += 1
                 return False
             self._counts[key] = (nc, issued)
-            self._counts.move_to_end(key)
-            self._expire(now)
+            if seen is None and len(self._counts) % 256 == 0:
+                self._expire(now)
         return True
 
     def _expire(self, now: float) -> None:
+        """Forget counts of nonces past their lifetime (refused by age anyway), oldest first use first."""
         counts = self._counts
         while counts:
             key, (_, issued) = next(iter(counts.items()))

@@ -169,8 +169,11 @@ class Guard:
         with self._lock:
             for key in (ip, self.prefix_of(ip)):
                 src = self._sources.get(key) if key else None
-                if src and src.failures and any(t == tag for _, t in src.failures):
-                    src.failures = deque(f for f in src.failures if f[1] != tag)
+                if src is not None and src.failures:
+                    q = src.failures
+                    for i in range(len(q) - 1, -1, -1):  # its own anonymous request is usually the last
+                        if q[i][1] == tag:
+                            del q[i]
 
     # ---- shared with the other processes and replicas (serve/housekeeping.py) ----------------------
 

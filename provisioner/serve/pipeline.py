@@ -202,11 +202,12 @@ class Pipeline:
         inv = rt.inventory
         self.guard = guard or Guard(GuardPolicy(ban_after=inv.security.ban_after, window=inv.security.window,
                                                 ban_seconds=inv.security.ban_seconds),
-                                    lambda ip: self.rt.inventory.is_site_address(ip), self._banned)
+                                    self.is_site_address, self._banned)
         # anonymous requests for enrolled devices from another address or User-Agent, waiting for the
         # authenticated retry that makes them a digest dance: (mac, ip) -> (monotonic, wall, ua, file)
         self._suspects: dict[tuple[str, str], tuple[float, dt.datetime, str, str]] = {}
         self._suspects_lock = threading.Lock()
+        self._site_cache: dict = {}
         self.catalog = rt.catalog
         self.renderer = rt.renderer
         self.ca_pem = ca_pem
@@ -215,6 +216,21 @@ class Pipeline:
         self._cache = LruCache(CACHE_BYTES)
         self._served: dict[str, tuple[str, str, float]] = {}
         self._states: dict[str, tuple] = {}
+
+    def is_site_address(self, ip: str) -> bool:
+        """Whether `ip` is in a site's networks, remembered per inventory (the guard asks on every failure)."""
+        inv = self.rt.inventory
+        cache = self._site_cache
+        if cache.get(None) is not inv:
+            cache.clear()
+            cache[None] = inv
+        hit = cache.get(ip)
+        if hit is None:
+            if len(cache) > 65536:
+                cache.clear()
+                cache[None] = inv
+            hit = cache[ip] = inv.is_site_address(ip)
+        return hit
 
     # ---- entry points ----------------------------------------------------------------------------
 
@@ -489,8 +505,8 @@ class Pipeline:
             if st.state not in ("enrolling", "reset-pending"):
                 # a phone's first, anonymous request of the digest dance (counted; its success clears it),
                 # or another device claiming this identity: a conflict unless the retry authenticates
-                if (st.enrolled_at is not None and not ua_problem and dev.settings.in_site(req.ip)
-                        and (req.ip != st.last_ip or (req.user_agent or "")[:255] != (st.last_ua or ""))):
+                if ((req.ip != st.last_ip or (req.user_agent or "")[:255] != (st.last_ua or ""))
+                        and st.enrolled_at is not None and not ua_problem and dev.settings.in_site(req.ip)):
                     self._suspect(mac, req)
                 return unauthorized("no credentials and the enrolment window is closed", mac)
             if st.enrol_expires_at is None or now > st.enrol_expires_at:

@@ -41,10 +41,6 @@ LINGER = 1.0  # seconds a refused or cut-off connection may take to flush its an
 Direct = Callable[[str, str, list, str, "dict | None"], "tuple[int, bytes, list]"]
 
 
-class _HeadTooLarge(Exception):
-    pass
-
-
 class PhoneProtocol(HttpToolsProtocol):
     """httptools with the verified client certificate in the scope, bounded heads and bodies, and
     per-source connection caps."""
@@ -54,10 +50,8 @@ class PhoneProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
-        self._head_size = 0  # bytes of the current request's head seen by the parser
-        self._unparsed = 0  # bytes received since the parser last made progress on a head
+        self._unparsed = 0  # bytes received since the parser last completed a head, a body part or a request
         self._progress = 0
-        self._too_large = False
         self._in_body = False
         self._head_timer = None
         self._body_timer = None
@@ -130,11 +124,6 @@ class PhoneProtocol(HttpToolsProtocol):
         self._unset_keepalive_if_required()
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserCallbackError:
-            if self._too_large:
-                self._refuse_head()
-                return
-            raise
         except httptools.HttpParserError:
             self.logger.warning("Invalid HTTP request received.")
             self.send_400_response("Invalid HTTP request received.")
@@ -143,7 +132,8 @@ class PhoneProtocol(HttpToolsProtocol):
             self._unsupported_upgrade_warning()
             return
         if not self._in_body and not self.transport.is_closing():
-            # bytes of a head the parser has not made anything of yet (a header being dribbled in)
+            # bytes of a head still incomplete (a header being dribbled in, a huge one): pipelined requests
+            # in one write complete their heads and do not add up
             self._unparsed = 0 if self._progress != before else self._unparsed + len(data)
             if self._unparsed > MAX_HEAD:
                 self._refuse_head()
@@ -151,26 +141,10 @@ class PhoneProtocol(HttpToolsProtocol):
     def _refuse_head(self) -> None:
         self._shut(plain_response(431, ""))
 
-    def _grow_head(self, n: int) -> None:
-        self._progress += 1
-        self._head_size += n
-        if self._head_size > MAX_HEAD:
-            self._too_large = True
-            raise _HeadTooLarge()
-
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._head_size = 0
         cert = self.transport.get_extra_info("peercert") if self.transport else None
         self.scope["extensions"] = {"tls": {"client_cert": cert or None}}
-
-    def on_url(self, url: bytes) -> None:
-        self._grow_head(len(url))
-        super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._grow_head(len(name) + len(value) + 4)
-        super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         self._progress += 1
@@ -180,12 +154,16 @@ class PhoneProtocol(HttpToolsProtocol):
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
-        length, chunked = 0, False
+        length, chunked, size = 0, False, len(self.url)
         for name, value in self.headers:
+            size += len(name) + len(value) + 4
             if name == b"content-length" and value.isdigit():
                 length = int(value)
             elif name == b"transfer-encoding" and b"chunked" in value.lower():
                 chunked = True
+        if size > MAX_HEAD:  # this request's own head (it arrived whole, with others, in one read)
+            self._refuse_head()
+            return
         if length > MAX_BODY:  # refused before a byte of it is read
             self._shut(plain_response(413, "request body too large"))
             return
@@ -220,7 +198,6 @@ class PhoneProtocol(HttpToolsProtocol):
         else:
             super().on_message_complete()
         self._in_body = False
-        self._head_size = 0
 
     def _answer(self, method: str, path: str) -> None:
         """What uvicorn's request cycle would write, in one write, then its keep-alive bookkeeping."""

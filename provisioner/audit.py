@@ -30,8 +30,8 @@ SENSITIVE_KEY = re.compile(r"pass|pwd|pin|secret|key", re.I)
 
 @dataclass(frozen=True)
 class Finding:
-    type: str  # drift | rotation | never-enrolled | stale | locked | firmware | local-override | policy |
-    #            orphan | unused | factory-default | exposure | tamper
+    type: str  # drift | rotation | never-enrolled | stale | locked | enrolment-conflict | firmware |
+    #            local-override | policy | orphan | unused | factory-default | exposure | tamper
     severity: str
     device: str | None
     site: str | None
@@ -86,10 +86,17 @@ def _version(text: str | None) -> tuple[int, ...] | None:
 
 # ---- checks over one device ----------------------------------------------------------------------
 
-def check_state(dev: ResolvedDevice, st: DeviceState, now: dt.datetime, rotation_started: dt.datetime | None
-                ) -> Iterable[Finding]:
+def check_state(dev: ResolvedDevice, st: DeviceState, now: dt.datetime, rotation_started: dt.datetime | None,
+                conflict: str | None = None) -> Iterable[Finding]:
     mac, site = dev.mac, dev.site
-    if st.state == "locked":
+    if st.state == "locked" and (st.lock_reason or "").startswith("enrolment conflict"):
+        # two devices claim one identity: the one that enrolled, and one asking without credentials
+        yield Finding("enrolment-conflict", "critical", mac, site,
+                      "two devices claim this identity: the enrolled one may have stolen the enrolment",
+                      conflict or st.lock_reason,
+                      f"find the real phone: if it is the enrolled one, provisioner unlock {mac}; otherwise "
+                      f"provisioner reset {mac} --enrol-from <the real phone's address>")
+    elif st.state == "locked":
         yield Finding("locked", "high", mac, site, "device is locked and gets no config",
                       st.lock_reason or "locked by a security event", f"check the reason, then: provisioner unlock {mac}")
     if st.state == "enrolling":
@@ -253,18 +260,20 @@ def run_audit(rt: Runtime, now: dt.datetime | None = None, probe: Callable | Non
     now = now or utcnow()
     states = rt.store.all_devices()
     by_mac = {s.mac: s for s in states}
-    rotations = {}
+    rotations, conflicts = {}, {}
     for e in rt.store.audit_entries(limit=100_000):
         if e["action"] == "rotation.started" and e["target"] not in rotations:
             at = e["at"] if e["at"].tzinfo else e["at"].replace(tzinfo=dt.timezone.utc)
             rotations[e["target"]] = at
+        elif e["action"] == "enrolment.conflict" and e["target"] not in conflicts:
+            conflicts[e["target"]] = e["why"]
     report = Report(now, len(rt.inventory.resolved))
     with_uploads = rt.store.macs_with_uploads()
     for mac, dev in rt.inventory.resolved.items():
         st = by_mac.get(mac)
         if st is None:
             continue
-        report.findings += check_state(dev, st, now, rotations.get(mac))
+        report.findings += check_state(dev, st, now, rotations.get(mac), conflicts.get(mac))
         report.findings += check_firmware(rt, dev, st)
         report.findings += check_policy(dev)
         if mac in with_uploads:  # one query for the fleet, not one per device

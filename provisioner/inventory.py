@@ -244,6 +244,18 @@ class Security(Strict):
     alert_command: list[Annotated[str, AfterValidator(_safe_text)]] | None = Field(default=None, min_length=1)
     alert_webhook: Annotated[str, Field(pattern=r"^https?://[^\s\"'<>]+$")] | None = None
     client_ca: str | None = None  # PEM bundle of vendor device CAs, for mutual TLS (relative to the inventory)
+    # HTTPS connections open at once: in all, per source address, per network (/24, /64); docs/security.md
+    max_connections: int = Field(default=4096, ge=16, le=1_000_000)
+    connections_per_source: int = Field(default=256, ge=2, le=100_000)
+    connections_per_network: int = Field(default=1024, ge=2, le=1_000_000)
+    body_seconds: float = Field(default=10, ge=1, le=600)  # to send a request body, per started 64 KB
+    # TFTP (UDP: the source address proves nothing): new transfers per source address and second (bursts
+    # of twice as many), and transfers under way in all (each holds a socket)
+    tftp_requests_per_second: float = Field(default=10, ge=1, le=10_000)
+    tftp_sessions: int = Field(default=1024, ge=16, le=60_000)
+    fetch_event_days: int = Field(default=30, ge=1, le=3650)  # fetch events older than this are pruned
+    alerts_per_minute: int = Field(default=10, ge=1, le=10_000)  # more are counted into one summary alert
+    alert_repeat_seconds: int = Field(default=3600, ge=0, le=7 * 86400)  # the same event again: not re-sent
 
 
 BUILTIN = {

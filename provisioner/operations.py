@@ -501,9 +501,35 @@ def _rotate_now(rt: Runtime, dev: ResolvedDevice, c, now: dt.datetime) -> int:
     return gen
 
 
-def _reopen(rt: Runtime, dev: ResolvedDevice, c, state: str, now: dt.datetime) -> None:
+def _reopen(rt: Runtime, dev: ResolvedDevice, c, state: str, now: dt.datetime, only_ip: str | None = None) -> None:
     rt.store.update_device(c, dev.mac, state=state, enrol_opened_at=now, lock_reason=None, enrolled_at=None,
-                           enrol_expires_at=now + dt.timedelta(hours=dev.settings.policy.enrolment_hours))
+                           enrol_expires_at=now + dt.timedelta(hours=dev.settings.policy.enrolment_hours),
+                           enrol_ip=only_ip)
+
+
+CONFLICT = "enrolment conflict"
+
+
+def enrolment_address(dev: ResolvedDevice, st: DeviceState, enrol_from: str | None) -> tuple[str | None, str]:
+    """Where a reopened window accepts the device from: (address or None for the site's networks, wording).
+
+    "last" (the default of reset and revoke): the device's last known address, so that a reset handed to
+    the helpdesk cannot give the new credentials to whoever else on the site asks first with a fitting
+    User-Agent; "site": any address of its site; or an address of the site. A device locked by an
+    enrolment conflict has two candidate addresses: the operator names the real phone's."""
+    if enrol_from in (None, "last"):
+        if st.state == "locked" and (st.lock_reason or "").startswith(CONFLICT):
+            raise InputError(f"{dev.mac} is locked by an enrolment conflict ({st.lock_reason}): say which "
+                             f"address is the real phone's with --enrol-from ADDRESS (or enrol_from, admin)")
+        ip = st.last_ip or st.enrolled_from
+        if ip is None:
+            return None, f"from site {dev.site}'s networks (no address of the device is known yet)"
+        return ip, f"from {ip} only (its last known address)"
+    if enrol_from == "site":
+        return None, f"from any address of site {dev.site}"
+    if not dev.settings.in_site(enrol_from):
+        raise InputError(f"--enrol-from {enrol_from}: not an address of site {dev.site}'s networks")
+    return enrol_from, f"from {enrol_from} only"
 
 
 def _registrar_now(rt: Runtime, dev: ResolvedDevice, generation: int | None) -> str | None:
@@ -536,22 +562,26 @@ def unlock(rt: Runtime, mac: str, actor: str, why: str = "unlocked by the helpde
 
 
 def reset(rt: Runtime, mac: str, actor: str, why: str = "factory reset requested", *, notify: bool = True,
-          contact: str | None = None, notify_timeout: float = NOTIFY_TIMEOUT) -> LifecycleResult:
+          contact: str | None = None, notify_timeout: float = NOTIFY_TIMEOUT, enrol_from: str | None = "last"
+          ) -> LifecycleResult:
     """Factory-reset workflow: rotate every secret now (registrar included), reopen the enrolment window,
     state reset-pending until the device comes back and enrols. The vendor's remote reset (SIP NOTIFY)
     where its profile has one and the phone answers, otherwise the profile's instructions for a reset by
-    hand. `wait_for_enrolment` waits for the device to come back."""
+    hand. `wait_for_enrolment` waits for the device to come back. The window keeps every identity check
+    of a first enrolment and accepts the device from `enrol_from` (enrolment_address)."""
     dev = resolve_mac(rt, mac)
     sync_inventory(rt, actor)
     vendor = vendor_of(rt.catalog, dev)
     st = rt.store.device(dev.mac)
     if st.state == "decommissioned":
         raise InputError(f"device {dev.mac} is decommissioned; adopt it again first")
+    only_ip, where = enrolment_address(dev, st, enrol_from)
     now = utcnow()
     with rt.store.write() as c:
         gen = _rotate_now(rt, dev, c, now)
-        _reopen(rt, dev, c, "reset-pending", now)
-        rt.store.append_audit(c, actor, "device.reset", dev.mac, why, {"generation": gen, "previous_state": st.state})
+        _reopen(rt, dev, c, "reset-pending", now, only_ip)
+        rt.store.append_audit(c, actor, "device.reset", dev.mac, why, {"generation": gen, "previous_state": st.state,
+                                                                      "enrol_from": only_ip or "site"})
     kill_point("reset.store")
     reg_error = _registrar_now(rt, dev, gen)
     outcome = None
@@ -561,7 +591,7 @@ def reset(rt: Runtime, mac: str, actor: str, why: str = "factory reset requested
                        "remote factory reset (SIP NOTIFY)", {"outcome": outcome.text[:300]})
     remote = outcome is not None and outcome.ok
     instructions = None if remote else (vendor.reset_instructions or "reset the device to factory settings by hand")
-    msg = (f"credentials rotated; the device enrols again at its first fetch from site {dev.site} within "
+    msg = (f"credentials rotated; the device enrols again at its first fetch {where} within "
            f"{dev.settings.policy.enrolment_hours:g} h")
     if outcome is not None and not remote:
         msg += f"; the remote reset did not work ({outcome.text}), reset it by hand"
@@ -583,7 +613,8 @@ def wait_for_enrolment(rt: Runtime, mac: str, timeout: float, poll: float = 0.5)
 
 
 def revoke(rt: Runtime, mac: str, actor: str, why: str = "credentials revoked", *, notify: bool = True,
-           contact: str | None = None, notify_timeout: float = NOTIFY_TIMEOUT) -> LifecycleResult:
+           contact: str | None = None, notify_timeout: float = NOTIFY_TIMEOUT, enrol_from: str | None = "last"
+           ) -> LifecycleResult:
     """Compromised credentials: new ones at once, and the old ones refused at once by the server and the
     registrar (no grace). The enrolment window is reopened and the phone is told to fetch (NOTIFY): its
     first, anonymous request from its site enrols it again with the new ones."""
@@ -592,11 +623,13 @@ def revoke(rt: Runtime, mac: str, actor: str, why: str = "credentials revoked", 
     st = rt.store.device(dev.mac)
     if st.state == "decommissioned":
         raise InputError(f"device {dev.mac} is decommissioned")
+    only_ip, where = enrolment_address(dev, st, enrol_from)
     now = utcnow()
     with rt.store.write() as c:
         gen = _rotate_now(rt, dev, c, now)
-        _reopen(rt, dev, c, "enrolling", now)
-        rt.store.append_audit(c, actor, "credentials.revoked", dev.mac, why, {"generation": gen})
+        _reopen(rt, dev, c, "enrolling", now, only_ip)
+        rt.store.append_audit(c, actor, "credentials.revoked", dev.mac, why, {"generation": gen,
+                                                                             "enrol_from": only_ip or "site"})
     kill_point("revoke.store")
     reg_error = _registrar_now(rt, dev, gen)
     outcome = notify_device(rt, dev, "resync", contact, notify_timeout) if notify else None
@@ -606,7 +639,7 @@ def revoke(rt: Runtime, mac: str, actor: str, why: str = "credentials revoked", 
     return LifecycleResult(dev.mac, "enrolling", st.state, gen, notify=outcome.text if outcome else None,
                            registrar_error=reg_error,
                            message="old credentials refused from now on by the server and the registrar; the "
-                                   "device enrols again at its next fetch from its site"
+                                   f"device enrols again at its next fetch {where}"
                                    + ("" if outcome is not None and outcome.ok else " (reboot it)"))
 
 

@@ -163,6 +163,9 @@ class VendorProfile(Strict):
     user_agents: list[str] = Field(default_factory=list)  # regexes with named groups model/firmware/mac
     # what a real device sends, with {model} {mac} {MAC} {mac_colon}: docs, banners and tests use it
     example_user_agent: str | None = None
+    # "always": the firmware sends its MAC in every provisioning request, so a User-Agent without one is
+    # refused (enrolment theft with a made-up User-Agent); "optional": some firmware leaves it out
+    user_agent_mac: Literal["always", "optional"] = "optional"
     files: list[FileSpec]
     passwords: dict[Literal["sip", "admin", "user", "provisioning"], PasswordRule]
     web_accounts: list[str] = Field(default_factory=lambda: ["admin"])  # which web passwords to generate
@@ -246,6 +249,30 @@ class VendorProfile(Strict):
 
     def factory_passwords(self) -> set[str]:
         return {d.password for d in self.factory_defaults}
+
+    @cached_property
+    def _models_by_plain_name(self) -> dict[str, str]:
+        return {_plain_model(k): k for k in self.models}
+
+    def model_key(self, ua_model: str) -> str | None:
+        """The profile's model for a model as a User-Agent spells it (VVX_400, SIP-T46S, "X6U Pro")."""
+        if ua_model in self.models:
+            return ua_model
+        return self._models_by_plain_name.get(_plain_model(ua_model))
+
+    def same_family(self, ua_model: str, inventory_model: str) -> bool:
+        """Whether a User-Agent's model can be the inventory's device: the same model, or one of its family."""
+        key = self.model_key(ua_model)
+        if key is None:
+            return False
+        if key == inventory_model:
+            return True
+        a, b = self.models.get(key), self.models.get(inventory_model)
+        return a is not None and b is not None and a.family is not None and a.family == b.family
+
+
+def _plain_model(name: str) -> str:
+    return re.sub(r"[\s_\-]", "", name).upper()
 
 
 class RouterProfile(Strict):

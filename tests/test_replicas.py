@@ -58,3 +58,47 @@ def test_two_replicas_enrol_each_device_exactly_once(home: Home, pg_cluster):
         assert len(store.fetches(limit=100)) >= 10
     finally:
         store.close()
+
+
+def test_replicas_share_bans_and_never_accept_each_others_nonces(home: Home, pg_cluster):
+    """What must be shared is: a source banned by one replica is refused by the other within about a
+    second (guard_bans); a nonce is accepted only by the process that issued it and tracks its counts,
+    so a captured header replayed to the other replica gets a fresh challenge, never the config."""
+    from test_attacks import Conn, digest_header, enrol, lab
+    lab(home)
+    env = {"PROVISIONER_STATE": pg_cluster.new_database()}
+    a = start_server(home, env=env)
+    b = start_server(home, env=env)
+    try:
+        c = Conn(a, "127.1.6.1")
+        statuses = [c.request(f"/p/805ec0{0xe00000 + i:06x}.cfg", ua_for("805ec0abcdef"))[0] for i in range(11)]
+        c.close()
+        assert statuses[-1] == 429  # banned by replica a
+        deadline, refused = time.monotonic() + 10, False
+        while not refused and time.monotonic() < deadline:
+            c = Conn(b, "127.1.6.1")
+            try:
+                refused = c.response()[0] == 429  # replica b refuses it as it connects
+            except (ConnectionError, OSError):
+                refused = True
+            finally:
+                c.close()
+            time.sleep(0.2)
+        assert refused, "the ban did not reach the other replica"
+
+        pw = enrol(a)
+        path = "/p/805ec0123456.cfg"
+        ca, cb = Conn(a), Conn(b)
+        www_a = ca.request(path, ua_for("805ec0123456"))[1]["www-authenticate"]
+        header = digest_header(www_a, "805ec0123456", pw, path)
+        status, headers, _ = cb.request(path, ua_for("805ec0123456"), header)  # a's nonce, at b
+        assert status == 401 and "stale=true" in headers["www-authenticate"]
+        retry = digest_header(headers["www-authenticate"], "805ec0123456", pw, path)
+        assert cb.request(path, ua_for("805ec0123456"), retry)[0] == 200  # b's own nonce: served
+        assert ca.request(path, ua_for("805ec0123456"), header)[0] == 200  # at a, once
+        assert ca.request(path, ua_for("805ec0123456"), header)[0] == 401  # and never again
+        ca.close()
+        cb.close()
+    finally:
+        a.stop()
+        b.stop()

@@ -140,3 +140,58 @@ def test_tampered_audit_log_is_detected(store: Store):
     with store.write() as c:
         c.execute(audit_log.delete().where(audit_log.c.action == "a.3"))
     assert any("entries at the end were removed" in p for p in store.verify_audit_chain())
+
+
+def test_audit_chain_is_keyed_and_its_head_sealed(db_url):
+    """A store from before the keyed chain (i15a): its SHA-256 entries stay valid and are covered by the
+    first keyed entry; a rewrite recomputed with SHA-256, or a head moved back, is reported."""
+    from provisioner.store.schema import audit_head
+    key = Keyring(os.urandom(32))
+    engine = make_engine(db_url)
+    for rev in ("0002", "0003", "0004", "0005", "0006"):  # every head but this area's
+        migrate(engine, rev)
+    old = Store(engine, key)
+    prev = "0" * 64
+    with engine.begin() as c:
+        for i in range(3):
+            at = utcnow()
+            h = Store._entry_hash(prev, at, "cli:old", f"old.{i}", None, "before the upgrade", "{}")
+            c.execute(audit_log.insert().values(at=at, actor="cli:old", action=f"old.{i}", target=None,
+                                                why="before the upgrade", details="{}", prev_hash=prev, entry_hash=h))
+            prev = h
+        c.execute(audit_head.update().values(last_id=3, last_hash=prev))
+    engine.dispose()
+    store = Store.open(db_url, key)
+    try:
+        store.audit("cli:test", "new.0", None, "after the upgrade")
+        store.audit("cli:test", "new.1", None, "after the upgrade")
+        assert store.verify_audit_chain() == []
+        rows = list(reversed(store.audit_entries()))
+        # an attacker recomputes the keyed entries with the public SHA-256 algorithm: refused
+        with store.write() as c:
+            r = rows[3]
+            forged = Store._entry_hash(r["prev_hash"], r["at"] if r["at"].tzinfo else r["at"].replace(
+                tzinfo=dt.timezone.utc), r["actor"], r["action"], r["target"], "nothing", r["details"])
+            c.execute(audit_log.update().where(audit_log.c.id == r["id"]).values(why="nothing", entry_hash=forged))
+        assert any("(new.0): content does not match" in p for p in store.verify_audit_chain())
+        with store.write() as c:  # put it back; then cut the last entry off and move the head back
+            c.execute(audit_log.update().where(audit_log.c.id == r["id"]).values(why=r["why"],
+                                                                                entry_hash=r["entry_hash"]))
+            c.execute(audit_log.delete().where(audit_log.c.id == rows[4]["id"]))
+            c.execute(audit_head.update().values(last_id=rows[3]["id"], last_hash=rows[3]["entry_hash"]))
+        assert any("does not match its seal" in p for p in store.verify_audit_chain())
+        # a legacy entry rewritten with its chain recomputed breaks the first keyed entry
+        with store.write() as c:
+            c.execute(audit_head.update().values(last_id=rows[4]["id"], last_hash=rows[4]["entry_hash"]))
+            c.execute(audit_log.insert().values(**{k: rows[4][k] for k in rows[4]}))
+        assert store.verify_audit_chain() == []
+        r2, r3 = rows[2], rows[3]
+        at2 = r2["at"] if r2["at"].tzinfo else r2["at"].replace(tzinfo=dt.timezone.utc)
+        h2 = Store._entry_hash(r2["prev_hash"], at2, r2["actor"], r2["action"], None, "rewritten", r2["details"])
+        with store.write() as c:  # rewritten and rehashed (SHA-256 is public), the next entry re-pointed
+            c.execute(audit_log.update().where(audit_log.c.id == r2["id"]).values(why="rewritten", entry_hash=h2))
+            c.execute(audit_log.update().where(audit_log.c.id == r3["id"]).values(prev_hash=h2))
+        assert store.verify_audit_chain() == [f"audit entry {r3['id']} (new.0): content does not match its hash "
+                                              f"(edited)"]
+    finally:
+        store.close()

@@ -17,7 +17,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
-from provisioner import __version__
+from provisioner import __version__, metrics
 from provisioner import operations as ops
 from provisioner.api import auth
 from provisioner.api.auth import TokenInfo
@@ -191,6 +191,10 @@ class JobRequest(BaseModel):
     reason: str | None = Field(default=None, max_length=200, description="written to the audit log")
     wait_seconds: int = Field(default=300, ge=1, le=3600,
                               description="reprovision: how long the job waits for the device's fetch")
+    enrol_from: str | None = Field(
+        default=None, max_length=45, pattern=r"^(site|[0-9A-Fa-f:.]+)$",
+        description="reset: where the reopened enrolment window accepts the device from. Left out: its last "
+                    "known address only. `site` (any address of its site) or another address: admin tokens only")
 
 
 class TokenOut(BaseModel):
@@ -335,6 +339,12 @@ def create_app(rt: Runtime, queue: JobQueue, on_submit=lambda: None) -> FastAPI:
     def healthz():
         return Response("ok\n", media_type="text/plain")
 
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus_metrics(tok: Viewer):
+        """This process's counters (fetches, bans, locks, enrolment conflicts, refused connections, TFTP
+        drops), for Prometheus with a viewer token (bearer_token in its scrape config)."""
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+
     # -- who am I --
     @app.get(f"{V1}/me", response_model=Me, responses=errors, tags=["tokens"])
     def me(tok: Viewer) -> Me:
@@ -444,8 +454,14 @@ def create_app(rt: Runtime, queue: JobQueue, on_submit=lambda: None) -> FastAPI:
         if not idempotency_key or not idempotency_key.strip():
             raise HTTPException(400, "an Idempotency-Key header is required")
         st = _device(body.mac)
+        if body.enrol_from is not None and (body.action != "reset" or not tok.allows("admin")):
+            raise HTTPException(403 if body.action == "reset" else 400,
+                                "only an admin token may choose where enrolment reopens (enrol_from)"
+                                if body.action == "reset" else "enrol_from applies to reset jobs only")
         params = {"reason": body.reason,
                   "wait_seconds": body.wait_seconds if body.action == "reprovision" else None}
+        if body.enrol_from is not None:
+            params["enrol_from"] = body.enrol_from
         try:
             job, created = queue.submit(tok, idempotency_key.strip(), body.action, st.mac, params)
         except Conflict as e:

@@ -258,7 +258,9 @@ def _operation(name: str) -> Callable:
 
 
 def run_reset(rt, job: Job, ctx: JobContext) -> dict:
-    res = _operation("reset")(rt, job.mac, job.actor, why=job.params.get("reason") or "reset requested through the helpdesk API")
+    # a remote reset reopens enrolment for the device's last known address only, unless an admin said otherwise
+    res = _operation("reset")(rt, job.mac, job.actor, why=job.params.get("reason") or "reset requested through the helpdesk API",
+                              enrol_from=job.params.get("enrol_from") or "last")
     return _with_state(rt, {"mac": job.mac, **public_result(res)})
 
 

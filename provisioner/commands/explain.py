@@ -29,6 +29,8 @@ HINTS: list[tuple[int, str, str]] = [
     (404, "no TFTP bootstrap", "this vendor gets no TFTP bootstrap for this file; use HTTPS"),
     (401, "unknown device", "this MAC is not in inventory.yaml: `provisioner adopt MAC --site S --line EXT`"),
     (401, "not yet synced", "in inventory.yaml but not in the store: restart or reload `serve` to enrol it"),
+    (401, "enrolment conflict", "locked by an enrolment conflict: another device holds this one's credentials, "
+                                "or this one is not the real phone; see the conclusion"),
     (401, "locked", "locked after a security event: `provisioner unlock MAC` once checked"),
     (401, "decommissioned", "decommissioned: refused on purpose; adopt it again to reuse it"),
     (401, "client certificate", "the site requires a client certificate naming this MAC"),
@@ -38,9 +40,15 @@ HINTS: list[tuple[int, str, str]] = [
     (401, "outside site", "the request came from outside the site's networks: check sites.<site>.networks"),
     (401, "already used", "the enrolment was used by another request: if that was not this phone, "
                           "`provisioner credentials revoke MAC` and `provisioner reset MAC`"),
-    (401, "user-agent", "the User-Agent does not fit the vendor or MAC of the file: wrong vendor/model in "
-                        "inventory.yaml, or someone else asking for this phone's file"),
-    (401, "stale nonce", "a normal digest round-trip (the phone retries with a fresh nonce)"),
+    (401, "user-agent", "the User-Agent does not fit the vendor, model family or MAC of the file: wrong "
+                        "vendor/model in inventory.yaml, old firmware that leaves its MAC out, or someone else "
+                        "asking for this phone's file"),
+    (401, "banned", "the source address is banned after repeated failures: inside a site it still gets the "
+                    "challenge and authenticated fetches work, enrolment waits for the ban to end"),
+    (401, "stale nonce", "a normal digest round-trip (the phone retries with a fresh nonce); many in a row from "
+                         "another address than the phone's: a captured request replayed"),
+    (401, "window is open for", "the window reopened by a remote reset accepts the device's last known address "
+                                "only: `provisioner reset MAC --enrol-from ADDRESS|site` if the phone moved"),
     (401, "digest credentials refused", "wrong provisioning credentials: the phone holds old ones; "
                                         "`provisioner reset MAC` reopens enrolment"),
     (401, "", "refused without credentials; the phone normally retries with digest auth"),
@@ -147,7 +155,13 @@ def _conclude(res: dict, inv_dev, st) -> list[str]:
     elif st is None:
         says.append("in inventory.yaml but not in the store yet: the next `serve` start (or reload) enrols it")
     else:
-        if st.state == "locked":
+        if st.state == "locked" and (st.lock_reason or "").startswith("enrolment conflict"):
+            says.append(f"{st.lock_reason}. An enrolment conflict: the device that enrolled from "
+                        f"{st.enrolled_from or '?'} holds the credentials, and another one asks for its config "
+                        f"without them. Find the real phone: if it is the enrolled one, `provisioner unlock MAC`; "
+                        f"otherwise `provisioner reset MAC --enrol-from <its address>` (new credentials, the "
+                        f"window open for that address only)")
+        elif st.state == "locked":
             says.append(f"locked ({st.lock_reason or 'security event'}): `provisioner unlock MAC` when checked")
         elif st.state == "decommissioned":
             says.append("decommissioned: refused on purpose")

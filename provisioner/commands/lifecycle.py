@@ -52,9 +52,12 @@ def unlock(rt, mac, why, as_json):
 @click.option("--why", default="factory reset requested", show_default=True)
 @click.option("--wait", "wait", type=click.FloatRange(0, 86400), default=None, metavar="S",
               help="Wait up to S seconds for the device to come back and enrol (exit 4 if it does not).")
+@click.option("--enrol-from", "enrol_from", default="last", show_default=True, metavar="last|site|ADDRESS",
+              help="Where the reopened window accepts the device from: its last known address, any address "
+                   "of its site, or this address.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def reset(rt, mac, why, wait, as_json):
+def reset(rt, mac, why, wait, enrol_from, as_json):
     """Factory-reset workflow: rotate every secret, reopen the enrolment window, reset the device remotely
     where its vendor allows it, otherwise print how to reset it by hand. A router is reset over its
     management interface (TR-064, SSH) and re-enrolled by the next `push`."""
@@ -64,7 +67,7 @@ def reset(rt, mac, why, wait, as_json):
         from provisioner.commands.routers import reset_cmd
         return click.get_current_context().invoke(reset_cmd, mac=router, confirm_timeout=None, assume_yes=True,
                                                   as_json=as_json)
-    res = ops.reset(rt, mac, actor(), why)
+    res = ops.reset(rt, mac, actor(), why, enrol_from=enrol_from)
     if not as_json:
         _show(res, False)
     elif res.registrar_error:
@@ -101,12 +104,15 @@ def credentials():
 @credentials.command("revoke")
 @click.argument("mac")
 @click.option("--why", default="credentials revoked", show_default=True)
+@click.option("--enrol-from", "enrol_from", default="last", show_default=True, metavar="last|site|ADDRESS",
+              help="Where the reopened window accepts the device from: its last known address, any address "
+                   "of its site, or this address.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def revoke(rt, mac, why, as_json):
+def revoke(rt, mac, why, enrol_from, as_json):
     """New credentials now; the old ones are refused at once by the server and the registrar, and the
-    phone is told to fetch (it enrols again from its site)."""
-    _show(ops.revoke(rt, mac, actor(), why), as_json)
+    phone is told to fetch (it enrols again from its last known address, unless --enrol-from says otherwise)."""
+    _show(ops.revoke(rt, mac, actor(), why, enrol_from=enrol_from), as_json)
 
 
 @credentials.command("reveal")

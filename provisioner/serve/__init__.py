@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import signal
 import socket
 import ssl
 import threading
@@ -19,11 +20,13 @@ from provisioner.operations import reconcile, sync_inventory
 from provisioner.registrar.acl import export as export_acls
 from provisioner.runtime import Runtime
 from provisioner.serve.digest import DigestAuth
+from provisioner.serve.housekeeping import Housekeeper
 from provisioner.serve.https import answer, create_app
+from provisioner.serve.limits import ConnectionLimits
 from provisioner.serve.protocol import with_direct
 from provisioner.serve.pipeline import EventRecorder, Pipeline
 from provisioner.serve.tftp import TftpService
-from provisioner.serve.tls import ensure_tls
+from provisioner.serve.tls import ensure_tls, fingerprint
 
 log = logging.getLogger("provisioner.serve")
 
@@ -138,20 +141,26 @@ def run(rt: Runtime, https: str, tftp: str | None, echo=print, sip_pnp: list[str
     tls = ensure_tls(rt.home, names)
     recorder = EventRecorder(rt)
     sec = inv.security
-    alerts = Alerts(sec.alert_command, sec.alert_webhook)
+    alerts = Alerts(sec.alert_command, sec.alert_webhook, per_minute=sec.alerts_per_minute,
+                    repeat_seconds=sec.alert_repeat_seconds)
     pipeline = Pipeline(rt, tls.ca_cert.read_bytes(), recorder, DigestAuth(rt.keyring.derive("digest-nonce")),
                         alerts=alerts)
+    limits = ConnectionLimits(pipeline.guard, lambda ip: rt.inventory.is_site_address(ip),
+                              sec.connections_per_source, sec.connections_per_network, sec.body_seconds)
+    housekeeper = Housekeeper(pipeline, sec.fetch_event_days).start()
     client_ca = str(rt.inventory_path.parent / sec.client_ca) if sec.client_ca else None
     tftp_service = None
     if tftp_addr:
-        tftp_service = TftpService(pipeline, tftp_addr[0], tftp_addr[1], rt.home / "tftp-root")
+        tftp_service = TftpService(pipeline, tftp_addr[0], tftp_addr[1], rt.home / "tftp-root",
+                                   rate=sec.tftp_requests_per_second, max_sessions=sec.tftp_sessions)
         tftp_service.start()
     config = uvicorn.Config(create_app(pipeline), host=https_host, port=https_port,
                             ssl_certfile=str(tls.cert), ssl_keyfile=str(tls.key), log_level="warning",
                             access_log=False, server_header=False, date_header=True, proxy_headers=False,
                             lifespan="off",
-                            timeout_keep_alive=15, limit_concurrency=4096, h11_max_incomplete_event_size=16384,
-                            http=with_direct(functools.partial(answer, pipeline)),
+                            timeout_keep_alive=15, limit_concurrency=sec.max_connections,
+                            h11_max_incomplete_event_size=16384,
+                            http=with_direct(functools.partial(answer, pipeline), limits),
                             ssl_ca_certs=client_ca, ssl_cert_reqs=ssl.CERT_OPTIONAL if client_ca else ssl.CERT_NONE)
     server = uvicorn.Server(config)
     watcher = InventoryWatcher(rt)
@@ -166,7 +175,7 @@ def run(rt: Runtime, https: str, tftp: str | None, echo=print, sip_pnp: list[str
             api_service.start()
             echo(f"Helpdesk API and web page on https://{api_addr[0]}:{api_addr[1]}/ (OpenAPI: /api/openapi.json; "
                  "tokens: provisioner api tokens create --role viewer|helpdesk|admin)")
-        server.run()
+        _run_until_signalled(server)
     finally:
         if api_service:
             api_service.stop()
@@ -175,16 +184,39 @@ def run(rt: Runtime, https: str, tftp: str | None, echo=print, sip_pnp: list[str
         watcher.stop()
         if tftp_service:
             tftp_service.stop()
+        housekeeper.stop()
         recorder.close()
         alerts.close()
         log.info("stopped")
+
+
+class _Signalled(Exception):
+    pass
+
+
+def _run_until_signalled(server: uvicorn.Server) -> None:
+    """uvicorn shuts down gracefully on SIGTERM, then raises the signal again with the handler it found:
+    with the default one the process died there, before the event recorder wrote its last batch and the
+    other services stopped. Our handler turns it into an exception, and the caller cleans up."""
+    def stop(signum, frame):
+        raise _Signalled(signum)
+    previous = signal.signal(signal.SIGTERM, stop) if threading.current_thread() is threading.main_thread() else None
+    try:
+        server.run()
+    except _Signalled:
+        pass
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def banner(rt: Runtime, host: str, port: int, tftp_addr, ca_path) -> str:
     inv = rt.inventory
     base = f"https://{host if host not in ('0.0.0.0', '::') else '127.0.0.1'}:{port}/p/"
     lines = [f"provisioner: HTTPS on {host}:{port}" + (f", TFTP on {tftp_addr[0]}:{tftp_addr[1]}" if tftp_addr else "")
-             + f", {len(inv.resolved)} devices, state in {rt.home}"]
+             + f", {len(inv.resolved)} devices, state in {rt.home}",
+             f"CA {ca_path}, SHA-256 fingerprint {fingerprint(ca_path)} (compare it with what a phone that got "
+             f"the CA over TFTP shows)"]
     dev = next(iter(inv.resolved.values()), None)
     if dev:
         vendor = rt.catalog.get(dev.vendor)

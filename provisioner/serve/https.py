@@ -40,7 +40,7 @@ def answer(pipeline: Pipeline, method: str, path: str, headers: list[tuple[bytes
                                     body))
     extra = []
     if reply.status == 401:
-        extra.append((b"www-authenticate", pipeline.digest.challenge(stale=reply.stale).encode()))
+        extra.append((b"www-authenticate", pipeline.digest.challenge(client_ip, stale=reply.stale).encode()))
     if reply.retry_after:
         extra.append((b"retry-after", str(reply.retry_after).encode()))
     return _reply(reply.status, reply.body, reply.content_type, extra)
@@ -66,6 +66,8 @@ def create_app(pipeline: Pipeline):
             body, more = b"", True
             while more and len(body) <= MAX_UPLOAD:  # bounded: one byte over the limit is enough to refuse
                 msg = await receive()
+                if msg["type"] == "http.disconnect":  # cut off (body deadline) or gone: nothing is stored
+                    return
                 body += msg.get("body", b"")
                 more = msg.get("more_body", False)
             status, data, headers = await to_thread.run_sync(answer, *args, body)

@@ -6,13 +6,14 @@ the reason is recorded for `explain`/the technician, never sent to the client.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import queue
 import re
 import threading
-from collections import OrderedDict
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +40,10 @@ DUMMY = Secret("x" * 24)
 SEEN_REFRESH = 60.0  # seconds
 STATE_TTL = 1.0  # seconds a device row is reused from memory
 MAX_UPLOAD = 256 * 1024
+# seconds an anonymous request for an enrolled device, from another address or User-Agent than the one it
+# uses, may wait for the authenticated retry of a digest dance before it is an enrolment conflict
+CONFLICT_GRACE = float(os.environ.get("PROVISIONER_CONFLICT_GRACE", "30"))
+MAX_SUSPECTS = 10_000
 
 
 @dataclass
@@ -63,12 +68,14 @@ class Reply:
     mac: str | None = None
     digest: str | None = None
     stale: bool = False
-    failure: bool = False  # counts against the source (guard.py); the digest dance does not
+    failure: bool = False  # counts against the source (guard.py); a stale nonce (right password) does not
     retry_after: int | None = None
 
 
-def unauthorized(reason: str, mac: str | None = None, stale: bool = False, failure: bool = True) -> Reply:
-    return Reply(401, UNAUTHORIZED_BODY, reason=reason, mac=mac, stale=stale, failure=failure)
+def unauthorized(reason: str, mac: str | None = None, stale: bool = False) -> Reply:
+    """Every refusal counts against its source, known MAC or not (guard.py): only a stale nonce, which
+    needed the right password, does not."""
+    return Reply(401, UNAUTHORIZED_BODY, reason=reason, mac=mac, stale=stale, failure=not stale)
 
 
 def not_found(reason: str, mac: str | None = None) -> Reply:
@@ -102,6 +109,16 @@ class EventRecorder:
             self._q.put_nowait(row)
         except queue.Full:
             log.warning("event queue full; dropping a fetch event")
+
+    def summary(self, source: str, status: int, count: int) -> None:
+        """Requests refused by a running ban: one row per source and interval, not one per request."""
+        try:
+            self._q.put_nowait({"at": utcnow(), "mac": None, "source_ip": source[:45], "transport": "https",
+                                "filename": "*", "status": status, "hash": None, "user_agent": None,
+                                "reason": f"refused while banned: {count} requests (summarised, not recorded "
+                                          f"one by one)"})
+        except queue.Full:
+            log.warning("event queue full; dropping a ban summary")
 
     def seen(self, mac: str, ip: str, ua: str | None, at) -> None:
         """A device fetched the config it already holds: last_seen/last_ip/last_ua, in the next batch."""
@@ -192,7 +209,12 @@ class Pipeline:
         inv = rt.inventory
         self.guard = guard or Guard(GuardPolicy(ban_after=inv.security.ban_after, window=inv.security.window,
                                                 ban_seconds=inv.security.ban_seconds),
-                                    lambda ip: self.rt.inventory.is_site_address(ip), self._banned)
+                                    self.is_site_address, self._banned)
+        # anonymous requests for enrolled devices from another address or User-Agent, waiting for the
+        # authenticated retry that makes them a digest dance: (mac, ip) -> (monotonic, wall, ua, file)
+        self._suspects: dict[tuple[str, str], tuple[float, dt.datetime, str, str]] = {}
+        self._suspects_lock = threading.Lock()
+        self._site_cache: dict = {}
         self.catalog = rt.catalog
         self.renderer = rt.renderer
         self.ca_pem = ca_pem
@@ -202,39 +224,119 @@ class Pipeline:
         self._served: dict[str, tuple[str, str, float]] = {}
         self._states: dict[str, tuple] = {}
 
+    def is_site_address(self, ip: str) -> bool:
+        """Whether `ip` is in a site's networks, remembered per inventory (the guard asks on every failure)."""
+        inv = self.rt.inventory
+        cache = self._site_cache
+        if cache.get(None) is not inv:
+            cache.clear()
+            cache[None] = inv
+        hit = cache.get(ip)
+        if hit is None:
+            if len(cache) > 65536:
+                cache.clear()
+                cache[None] = inv
+            hit = cache[ip] = inv.is_site_address(ip)
+        return hit
+
     # ---- entry points ----------------------------------------------------------------------------
 
     def handle(self, req: Request) -> Reply:
-        verdict = self.guard.check(req.ip)
-        if verdict is not None:
-            reply = Reply(verdict.status, b"too many failed requests\n" if verdict.status == 429 else b"forbidden\n",
-                          reason=verdict.reason, retry_after=verdict.retry_after)
+        if req.transport == "tftp":  # UDP: the source address proves nothing; TFTP has its own limits
+            reply = self._run(req, self._tftp)
         else:
-            try:
-                if req.method == "PUT":
-                    reply = self._upload(req)
-                else:
-                    reply = self._https(req) if req.transport == "https" else self._tftp(req)
-            except RenderError as e:
-                log.error("render refused: %s", e)
-                reply = Reply(500, b"configuration could not be rendered\n", reason=str(e)[:255])
+            verdict = self.guard.check(req.ip)
+            if verdict is not None and (not verdict.soft or not (req.authorization or req.client_cert)):
+                # refused without identifying anything: summarised per source, not recorded one by one
+                metrics.count_fetch(req.transport, verdict.status)
+                if verdict.soft:
+                    return unauthorized(verdict.reason)
+                return Reply(verdict.status, b"too many failed requests\n" if verdict.status == 429
+                             else b"forbidden\n", reason=verdict.reason, retry_after=verdict.retry_after)
+            reply = self._run(req, self._upload if req.method == "PUT" else self._https)
             if reply.failure:
-                self.guard.failure(req.ip)
-            elif reply.status == 200 and reply.mac:
-                self.guard.success(req.ip)
+                self.guard.failure(req.ip, reply.mac)
+            elif reply.status in (200, 201) and reply.mac:
+                self.guard.success(req.ip, reply.mac)
+                if self._suspects:
+                    with self._suspects_lock:
+                        self._suspects.pop((reply.mac, req.ip), None)
         metrics.count_fetch(req.transport, reply.status)
         if self.recorder:
             self.recorder.record(req, reply)
         return reply
 
-    def _banned(self, target: str, what: str, seconds: int) -> None:
-        why = f"{what} banned for {seconds} s after repeated failed requests for device files"
+    @staticmethod
+    def _run(req: Request, step) -> Reply:
         try:
-            self.rt.store.audit("guard", f"{what}.banned", target, why, {"seconds": seconds})
+            return step(req)
+        except RenderError as e:
+            log.error("render refused: %s", e)
+            return Reply(500, b"configuration could not be rendered\n", reason=str(e)[:255])
+
+    def _banned(self, target: str, what: str, seconds: int, level: int = 1) -> None:
+        why = f"{what} banned for {seconds} s after repeated failed requests for device files"
+        now = utcnow()
+        try:
+            self.rt.store.put_ban(target if what == "source" else f"net:{target}",
+                                  now + dt.timedelta(seconds=seconds), level, now)
+        except Exception:
+            log.exception("could not share the ban with the other processes")
+        try:
+            self.rt.store.audit("guard", f"{what}.banned", target, why, {"seconds": seconds, "level": level})
         except Exception:
             log.exception("could not write the ban to the audit log")
         metrics.inc("provisioner_bans_total")
         self.alerts.notify(f"{what}.banned", target, why, seconds=seconds)
+
+    # ---- enrolment conflicts -------------------------------------------------------------------------
+
+    def _suspect(self, mac: str, req: Request) -> None:
+        key = (mac, req.ip)
+        with self._suspects_lock:
+            if key not in self._suspects and len(self._suspects) < MAX_SUSPECTS:
+                self._suspects[key] = (time.monotonic(), utcnow(), (req.user_agent or "")[:200], req.filename)
+
+    def settle_suspects(self, grace: float | None = None) -> int:
+        """Anonymous requests whose authenticated retry never came: enrolment conflicts. Returns how many
+        were raised. Called about once a second (housekeeping.py)."""
+        grace = CONFLICT_GRACE if grace is None else grace
+        now = time.monotonic()
+        with self._suspects_lock:
+            due = [(k, v) for k, v in self._suspects.items() if now - v[0] >= grace]
+            for k, _ in due:
+                del self._suspects[k]
+        raised = 0
+        for (mac, ip), (_, at, ua, filename) in due:
+            st = self.rt.store.device(mac)  # fresh: another process may have served the retry
+            dev = self.rt.inventory.device(mac)
+            if st is None or dev is None or st.state not in ("provisioned", "rotating") or st.enrolled_at is None:
+                continue
+            if st.last_ip == ip and st.last_seen and st.last_seen >= at - dt.timedelta(seconds=SEEN_REFRESH + 5):
+                continue  # it authenticated from that address meanwhile (here or in another process)
+            self._conflict(dev, st, ip, ua, filename, at)
+            raised += 1
+        return raised
+
+    def _conflict(self, dev: ResolvedDevice, st, ip: str, ua: str, filename: str, at: dt.datetime) -> None:
+        """Two devices claim one identity: the one that enrolled, and one asking anonymously from elsewhere
+        that never authenticated. Locked until an operator decides which is the real phone."""
+        enrolled = f"{st.enrolled_from or st.last_ip or '?'} at {st.enrolled_at:%Y-%m-%d %H:%M:%S}Z"
+        reason = f"enrolment conflict: enrolled from {st.enrolled_from or '?'}; {ip} asks without credentials"
+        why = (f"enrolment conflict: the device enrolled from {enrolled} (it fetches from {st.last_ip}), but "
+               f"{ip} asked for {filename} without credentials and never authenticated "
+               f"(User-Agent {ua!r}): one of them is not the real phone")
+        with self.rt.store.write() as c:
+            n = self.rt.store.lock_device(c, dev.mac, reason[:255], only_from=("provisioned", "rotating"))
+            if n:
+                self.rt.store.append_audit(c, "guard", "enrolment.conflict", dev.mac, why[:512], {
+                    "enrolled_from": st.enrolled_from, "last_ip": st.last_ip, "last_user_agent": st.last_ua,
+                    "source_ip": ip, "user_agent": ua, "file": filename, "asked_at": at.isoformat()})
+        self._forget(dev.mac)
+        if n:
+            log.warning("device %s locked: %s", dev.mac, reason)
+            metrics.inc("provisioner_enrolment_conflicts_total")
+            self.alerts.notify("enrolment.conflict", dev.mac, why, source_ip=ip, enrolled_from=st.enrolled_from)
 
     def _lock_device(self, dev: ResolvedDevice, ip: str) -> None:
         why = f"authenticated request from {ip}, outside site {dev.site}'s networks, after enrolment"
@@ -276,12 +378,18 @@ class Pipeline:
         by_oui = [m for m in per_device if m.mac[:6] in m.vendor.ouis]
         return None, (by_ua or by_oui or per_device)[0], None
 
-    def _ua_problem(self, vendor: VendorProfile, mac: str, ua: str | None) -> str | None:
+    def _ua_problem(self, vendor: VendorProfile, mac: str, ua: str | None, model: str | None = None) -> str | None:
+        """Why the User-Agent cannot be this device's: another vendor, another MAC, no MAC where the vendor
+        always sends it, or a model of another family than the inventory's."""
         info = self.catalog.parse_user_agent(ua)
         if info is None or info.vendor != vendor.name:
             return f"User-Agent does not fit the {vendor.name} profile"
         if info.mac and info.mac != mac:
             return f"User-Agent carries MAC {info.mac}, the file is for {mac}"
+        if not info.mac and vendor.user_agent_mac == "always":
+            return f"User-Agent carries no MAC ({vendor.display_name} sends it in every request)"
+        if model is not None and info.model and not vendor.same_family(info.model, model):
+            return f"User-Agent names model {info.model}, the inventory says {model} (another family)"
         return None
 
     # ---- state, cached where it is immutable --------------------------------------------------------
@@ -359,12 +467,12 @@ class Pipeline:
         st = self._state(m.mac)  # looked up for unknown MACs too: the same work whatever the answer
         if dev is None or st is None:
             if cred:  # same work as for a real device, so timing does not tell
-                self.digest.verify(cred, req.method, req.path, DUMMY.reveal())
+                self.digest.verify(cred, req.method, req.path, DUMMY.reveal(), req.ip)
             return unauthorized("unknown device" if dev is None else "device not yet synced to the store")
         mac = dev.mac
         if st.state in ("locked", "decommissioned"):
             if cred:
-                self.digest.verify(cred, req.method, req.path, DUMMY.reveal())
+                self.digest.verify(cred, req.method, req.path, DUMMY.reveal(), req.ip)
             return unauthorized(f"device is {st.state}" + (f" ({st.lock_reason})" if st.lock_reason else ""), mac)
 
         active = self._credentials(mac, "active", st.desired_hash)
@@ -386,30 +494,38 @@ class Pipeline:
                     p = creds.get("provisioning")
                     if p is None:
                         continue
-                    ok, st_ = self.digest.verify(cred, req.method, req.path, p.reveal())
+                    ok, st_ = self.digest.verify(cred, req.method, req.path, p.reveal(), req.ip)
                     stale = stale or st_
                     if ok:
                         how = "digest (pending credentials)" if creds is pending else "digest"
                         break
             else:
-                self.digest.verify(cred, req.method, req.path, DUMMY.reveal())
+                self.digest.verify(cred, req.method, req.path, DUMMY.reveal(), req.ip)
             if how is None:
-                return unauthorized("digest credentials refused" + (" (stale nonce)" if stale else ""), mac, stale,
-                                    failure=not stale)
-        ua_problem = self._ua_problem(m.vendor, mac, req.user_agent)
+                return unauthorized("digest credentials refused" + (" (stale nonce: a fresh challenge, the "
+                                                                     "nonce was old, replayed or another "
+                                                                     "address's)" if stale else ""), mac, stale)
+        ua_problem = self._ua_problem(m.vendor, mac, req.user_agent, dev.model)
         if how is None:
-            if not allow_enrolment:  # the first, anonymous PUT of the digest dance
-                return unauthorized("uploads need the device's own credentials", mac, failure=False)
+            if not allow_enrolment:  # the first, anonymous PUT of the digest dance (counted, then cleared)
+                return unauthorized("uploads need the device's own credentials", mac)
             if not m.spec.trigger:  # enrolment hands out the credentials with the file that carries them
                 return unauthorized(f"enrolment happens with {m.vendor.trigger.filename_for(mac=mac)}; this "
-                                    f"file needs the credentials that one hands out", mac, failure=False)
+                                    f"file needs the credentials that one hands out", mac)
             if st.state not in ("enrolling", "reset-pending"):
-                # a phone's first, anonymous request of the digest dance: not a failure
-                return unauthorized("no credentials and the enrolment window is closed", mac, failure=False)
+                # a phone's first, anonymous request of the digest dance (counted; its success clears it),
+                # or another device claiming this identity: a conflict unless the retry authenticates
+                if ((req.ip != st.last_ip or (req.user_agent or "")[:255] != (st.last_ua or ""))
+                        and st.enrolled_at is not None and not ua_problem and dev.settings.in_site(req.ip)):
+                    self._suspect(mac, req)
+                return unauthorized("no credentials and the enrolment window is closed", mac)
             if st.enrol_expires_at is None or now > st.enrol_expires_at:
                 return unauthorized("enrolment window expired; reopen it with adopt/reset", mac)
             if not dev.settings.in_site(req.ip):
                 return unauthorized(f"enrolment refused: {req.ip} is outside site {dev.site}'s networks", mac)
+            if st.enrol_ip and req.ip != st.enrol_ip:
+                return unauthorized(f"enrolment refused: the window is open for {st.enrol_ip} only (the "
+                                    f"device's last address, kept by a remote reset)", mac)
             if ua_problem:
                 return unauthorized(f"enrolment refused: {ua_problem}", mac)
             claimed = store.claim_enrolment(mac, req.ip, now)

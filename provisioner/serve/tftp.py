@@ -17,6 +17,19 @@ tftpy's):
   the supervising thread still restarts the loop should the loop itself fail.
 - A blksize above 65,464 (RFC 2348's maximum; tftpy accepts 65,536, which no UDP datagram carries) is
   negotiated down to 65,464.
+
+Forged requests. A UDP source address costs nothing to forge, so TFTP never counts towards the HTTPS
+guard (pipeline.py), and its own limits bound what a forger can make it send and hold:
+- new transfers per source address: `security.tftp_requests_per_second`, bursts of twice that; over it a
+  request is dropped without an answer (no reflection, no socket);
+- a transfer whose peer never acknowledged anything is "unverified": its first packet (DATA 1, or OACK
+  with RFC 2347 options) is not retransmitted on a timer. RFC 1350 lets either side retransmit; the
+  requester does it by repeating its RRQ, and that is answered with the same packet. It ends after one
+  timeout. At most MAX_UNVERIFIED of them at once (the oldest goes first), and `security.tftp_sessions`
+  transfers in all: forged requests from many addresses hold a bounded number of sockets;
+- a verified transfer (the peer acknowledged, so it receives what we send) retransmits as tftpy does.
+A forger can still use up a victim address's rate for as long as it keeps sending: denying that address
+TFTP costs the forger a continuous flood, never a one-off.
 """
 
 from __future__ import annotations
@@ -27,6 +40,7 @@ import select
 import socket
 import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 
 import tftpy
@@ -34,6 +48,7 @@ from tftpy.TftpContexts import TftpContextServer
 from tftpy.TftpShared import DEF_TIMEOUT_RETRIES, SOCK_TIMEOUT, TftpTimeout, TftpTimeoutExpectACK
 from tftpy.TftpStates import TftpStateExpectACK
 
+from provisioner import metrics
 from provisioner.serve.pipeline import Pipeline, Request
 
 log = logging.getLogger("provisioner.tftp")
@@ -44,6 +59,10 @@ MAX_BLKSIZE = 65464  # RFC 2348
 MAX_PACKET = 65536
 ACK, DATA = 4, 3
 UNKNOWN_TID = b"\x00\x05\x00\x05unknown transfer ID\x00"
+RRQ = 1
+MAX_UNVERIFIED = 256  # transfers waiting for their peer's first ACK: real peers answer within milliseconds
+MAX_REPEATS = 3  # repeated RRQs of one transfer answered with its first packet again
+MAX_RATE_ENTRIES = 100_000
 
 
 class _Sent:
@@ -76,8 +95,30 @@ def _clamp_blksize(buf: bytes) -> bytes:
     return buf[:2] + b"\0".join(parts)
 
 
+class _RateLimit:
+    """A token bucket per source address: `rate` new transfers a second, bursts of 2 x rate."""
+
+    def __init__(self, rate: float):
+        self.rate, self.burst = rate, 2 * rate
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def allow(self, host: str, now: float) -> bool:
+        tokens, last = self._buckets.get(host, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        if tokens < 1:
+            self._buckets[host] = (tokens, now)
+            return False
+        if len(self._buckets) >= MAX_RATE_ENTRIES:  # memory bound: full buckets are the default anyway
+            self._buckets = {h: v for h, v in self._buckets.items() if v[0] + (now - v[1]) * self.rate < self.burst}
+        self._buckets[host] = (tokens - 1, now)
+        return True
+
+
 class _Server(tftpy.TftpServer):
     """tftpy's server with our listen(); stop() and the session contexts are tftpy's."""
+
+    rate: float = 10.0
+    max_sessions: int = 1024
 
     def listen(self, listenip="", listenport=69, timeout=SOCK_TIMEOUT, retries=DEF_TIMEOUT_RETRIES):
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -87,6 +128,8 @@ class _Server(tftpy.TftpServer):
         self._timeout, self._retries = timeout, retries
         self._poll = poll = select.epoll()
         self._by_fd: dict[int, TftpContextServer] = {}
+        self._unverified: OrderedDict[str, TftpContextServer] = OrderedDict()
+        self._limit = _RateLimit(self.rate)
         server_fd = self.sock.fileno()
         poll.register(server_fd, select.EPOLLIN)
         self.is_running.set()
@@ -118,13 +161,33 @@ class _Server(tftpy.TftpServer):
             self.shutdown_gracefully = self.shutdown_immediately = False
 
     def _request(self) -> None:
-        """A packet on the server port: a new transfer."""
+        """A packet on the server port: a new transfer, or a requester repeating its request."""
         try:
             buf, (host, port) = self.sock.recvfrom(MAX_PACKET)
         except OSError:
             return
         key = f"{host}:{port}"
-        if self.shutdown_gracefully or key in self.sessions:  # a repeated RRQ of a transfer under way
+        if self.shutdown_gracefully:
+            return
+        now = time.monotonic()
+        ctx = self.sessions.get(key)
+        if ctx is not None:  # a repeated RRQ: our first packet was lost (RFC 1350), or a forger repeats itself
+            if (not ctx.verified and buf[:2] == b"\x00\x01" and ctx.repeats < MAX_REPEATS and ctx.last_pkt
+                    and self._limit.allow(host, now)):  # an answer like any other: within the source's rate
+                ctx.repeats += 1
+                try:
+                    ctx.sock.sendto(ctx.last_pkt.encode().buffer, (ctx.host, ctx.port))
+                except OSError:
+                    pass
+            return
+        if not self._limit.allow(host, now):
+            metrics.inc("provisioner_tftp_dropped_total", (("why", "source rate"),))
+            return
+        if len(self._unverified) >= MAX_UNVERIFIED:  # forged requests from many addresses: the oldest goes
+            self._finish(next(iter(self._unverified.values())))
+            metrics.inc("provisioner_tftp_dropped_total", (("why", "unverified transfers"),))
+        if len(self.sessions) >= self.max_sessions:
+            metrics.inc("provisioner_tftp_dropped_total", (("why", "transfers"),))
             return
         ctx = TftpContextServer(host, port, self._timeout, self.root, self.dyn_file_func, self.upload_open,
                                 retries=self._retries, flock=False)
@@ -143,7 +206,10 @@ class _Server(tftpy.TftpServer):
         ctx.key = key
         ctx.fd = fd = ctx.sock.fileno()
         ctx.blksize = ctx.getBlocksize()
+        ctx.verified = False
+        ctx.repeats = 0
         self.sessions[key] = ctx
+        self._unverified[key] = ctx
         self._by_fd[fd] = ctx
         self._poll.register(fd, select.EPOLLIN)
 
@@ -164,6 +230,9 @@ class _Server(tftpy.TftpServer):
             return
         now = time.time()
         ctx.last_update = now
+        if not ctx.verified:  # the peer answered from the address we sent to: it is really there
+            ctx.verified = True
+            self._unverified.pop(ctx.key, None)
         state = ctx.state
         if len(buf) == 4 and buf[0] == 0 and buf[1] == ACK and type(state) is TftpStateExpectACK:
             block = (buf[2] << 8) | buf[3]
@@ -208,6 +277,10 @@ class _Server(tftpy.TftpServer):
                 continue
             except TftpTimeout:
                 pass
+            if not ctx.verified:  # never acknowledged: no retransmission to an address that may be forged
+                log.debug("TFTP transfer %s: no answer from the peer, dropped", ctx.key)
+                self._finish(ctx)
+                continue
             ctx.retry_count += 1
             if ctx.retry_count >= ctx.retries:
                 log.debug("TFTP transfer %s gave up after %d retries", ctx.key, ctx.retry_count)
@@ -223,6 +296,7 @@ class _Server(tftpy.TftpServer):
 
     def _finish(self, ctx: TftpContextServer) -> None:
         self.sessions.pop(getattr(ctx, "key", None), None)
+        self._unverified.pop(getattr(ctx, "key", None), None)
         fd = getattr(ctx, "fd", None)
         if self._by_fd.pop(fd, None) is not None:
             try:
@@ -240,8 +314,10 @@ class _Server(tftpy.TftpServer):
 
 
 class TftpService:
-    def __init__(self, pipeline: Pipeline, host: str, port: int, root: Path):
+    def __init__(self, pipeline: Pipeline, host: str, port: int, root: Path, rate: float = 10.0,
+                 max_sessions: int = 1024):
         self.pipeline = pipeline
+        self.rate, self.max_sessions = rate, max_sessions
         self.host, self.port = host, port
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
         for p in root.iterdir():  # tftpy serves files under root first; ours must answer everything
@@ -262,6 +338,7 @@ class TftpService:
         failures = 0
         while not self._stopping.is_set():
             self._server = _Server(str(self.root), dyn_file_func=self._answer, upload_open=_refuse_upload)
+            self._server.rate, self._server.max_sessions = self.rate, self.max_sessions
             try:
                 self.ready.set()
                 self._server.listen(self.host, self.port)

@@ -98,3 +98,10 @@ def ensure_tls(home: Path, names: set[str]) -> TlsFiles:
                                                 serialization.NoEncryption()))
     files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return files
+
+
+def fingerprint(cert_path: Path) -> str:
+    """SHA-256 fingerprint of a certificate, as phones' web pages and `openssl x509 -fingerprint` show it:
+    what a technician compares before trusting a CA that arrived over TFTP (docs/security.md)."""
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    return ":".join(f"{b:02X}" for b in cert.fingerprint(hashes.SHA256()))

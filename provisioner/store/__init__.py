@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import hmac
 import json
+import time
 from collections import namedtuple
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,6 +25,7 @@ from sqlalchemy.engine import Engine
 
 from provisioner.crypto import Keyring
 from provisioner.secret import Secret
+from provisioner.store.guard_schema import guard_bans
 from provisioner.store.schema import audit_head, audit_log, credentials, devices, fetch_events
 from provisioner.store.uploads_schema import uploads
 from provisioner.store import observations as _observations  # noqa: F401  (discovery's table, migration 0002)
@@ -104,12 +107,14 @@ class DeviceState:
     pending_hash: str | None
     lock_reason: str | None
     inputs_hash: str | None = None
+    enrol_ip: str | None = None  # the open window enrols from this address only (a remote reset)
+    enrolled_from: str | None = None
 
     @classmethod
     def from_row(cls, r) -> "DeviceState":
         return cls(r.mac, r.vendor, r.model, r.site, r.state, r.generation, as_utc(r.enrol_expires_at),
                    as_utc(r.enrolled_at), as_utc(r.last_seen), r.last_ip, r.last_ua, r.served_hash,
-                   r.desired_hash, r.pending_hash, r.lock_reason, r.inputs_hash)
+                   r.desired_hash, r.pending_hash, r.lock_reason, r.inputs_hash, r.enrol_ip, r.enrolled_from)
 
 
 class Prepared:
@@ -163,8 +168,14 @@ class Store:
     @classmethod
     def open(cls, url: str, keyring: Keyring) -> "Store":
         engine = make_engine(url)
+        insp = sa.inspect(engine)
+        unkeyed = not insp.has_table("audit_head") or "keyed_from" not in {
+            c["name"] for c in insp.get_columns("audit_head")}
         migrate(engine)
-        return cls(engine, keyring)
+        store = cls(engine, keyring)
+        if unkeyed:  # this open added the keyed chain (i15a): every entry from now on is keyed
+            store._key_audit_chain()
+        return store
 
     def close(self) -> None:
         self.engine.dispose()
@@ -213,13 +224,22 @@ class Store:
         values.setdefault("updated_at", utcnow())
         return conn.execute(devices.update().where(devices.c.mac == mac).values(**values)).rowcount
 
+    def lock_device(self, conn, mac: str, reason: str, only_from: tuple[str, ...] | None = None) -> int:
+        """Lock a device (it gets no config until an operator unlocks or resets it); with `only_from`, only
+        if it is in one of these states (two processes seeing one event lock it once)."""
+        q = devices.update().where(devices.c.mac == mac)
+        if only_from:
+            q = q.where(devices.c.state.in_(only_from))
+        return conn.execute(q.values(state="locked", lock_reason=reason[:255], updated_at=utcnow())).rowcount
+
     def claim_enrolment(self, mac: str, ip: str, now: dt.datetime) -> bool:
-        """Close the enrolment window for this device; True for exactly one caller, across replicas."""
+        """Close the enrolment window for this device; True for exactly one caller, across replicas
+        (and only from the window's address when it has one)."""
         with self.write() as c:
             n = c.execute(devices.update().where(
                 devices.c.mac == mac, devices.c.state.in_(("enrolling", "reset-pending")),
-                devices.c.enrol_expires_at > now,
-            ).values(state="provisioned", enrolled_at=now, enrolled_from=ip, updated_at=now)).rowcount
+                devices.c.enrol_expires_at > now, sa.or_(devices.c.enrol_ip.is_(None), devices.c.enrol_ip == ip),
+            ).values(state="provisioned", enrolled_at=now, enrolled_from=ip, enrol_ip=None, updated_at=now)).rowcount
         return n == 1
 
     # ---- credentials -----------------------------------------------------------------------------
@@ -303,6 +323,46 @@ class Store:
             self.update_device(c, mac, served_hash=digest, last_seen=now, last_ip=ip,
                                last_ua=(ua or "")[:255], updated_at=now)
 
+    def prune_fetch_events(self, before: dt.datetime, batch: int = 5000, pause: float = 0.05,
+                           stop=None) -> int:
+        """Delete fetch events older than `before`, `batch` rows per transaction (a short lock each, so
+        serving never waits long behind a prune); returns how many went."""
+        total = 0
+        while stop is None or not stop.is_set():
+            ids = sa.select(fetch_events.c.id).where(fetch_events.c.at < before).order_by(
+                fetch_events.c.id).limit(batch).scalar_subquery()
+            with self.write() as c:
+                n = c.execute(fetch_events.delete().where(fetch_events.c.id.in_(ids))).rowcount
+            total += n
+            if n < batch:
+                break
+            time.sleep(pause)
+        return total
+
+    # ---- bans shared by the processes and replicas of one store ------------------------------------
+
+    def put_ban(self, key: str, until: dt.datetime, level: int, now: dt.datetime) -> None:
+        with self.write() as c:
+            row = c.execute(sa.select(guard_bans.c.banned_until, guard_bans.c.level)
+                            .where(guard_bans.c.key == key).with_for_update()).first()
+            if row is None:
+                c.execute(guard_bans.insert().values(key=key, banned_until=until, level=level, updated_at=now))
+            else:  # another process may have banned it longer already
+                c.execute(guard_bans.update().where(guard_bans.c.key == key).values(
+                    banned_until=max(until, as_utc(row.banned_until)), level=max(level, row.level), updated_at=now))
+
+    def bans_since(self, since: dt.datetime | None, now: dt.datetime) -> list[tuple[str, dt.datetime, int]]:
+        """Bans still running that changed since `since` (all of them when None)."""
+        q = sa.select(guard_bans).where(guard_bans.c.banned_until > now)
+        if since is not None:
+            q = q.where(guard_bans.c.updated_at >= since)
+        with self.engine.connect() as c:
+            return [(r.key, as_utc(r.banned_until), r.level) for r in c.execute(q)]
+
+    def prune_bans(self, now: dt.datetime) -> None:
+        with self.write() as c:
+            c.execute(guard_bans.delete().where(guard_bans.c.banned_until < now - dt.timedelta(days=1)))
+
     def fetches(self, mac: str | None = None, limit: int = 20) -> list[dict]:
         q = sa.select(fetch_events).order_by(fetch_events.c.id.desc()).limit(limit)
         if mac is not None:
@@ -335,7 +395,24 @@ class Store:
                 out[r.filename] = (as_utc(r.at), self.keyring.open(r.sealed, f"{mac}|upload:{r.filename}|{r.sha256}"))
         return out
 
-    # ---- audit log (append-only, hash-chained) ---------------------------------------------------
+    # ---- audit log (append-only, hash-chained, keyed) --------------------------------------------------
+
+    @property
+    def _audit_key(self) -> bytes:
+        return self.keyring.derive("audit-chain")
+
+    def _seal(self, last_id: int, last_hash: str, keyed_from: int | None) -> str:
+        return hmac.new(self._audit_key, f"{last_id}|{last_hash}|{keyed_from}".encode(), hashlib.sha256).hexdigest()
+
+    def _key_audit_chain(self) -> None:
+        """Entries from the next one on are keyed; the ones before (SHA-256 only, written before i15a)
+        are covered by the first keyed entry, whose HMAC includes the last of them."""
+        with self.write() as c:
+            head = c.execute(sa.select(audit_head).where(audit_head.c.id == 1).with_for_update()).one()
+            if head.keyed_from is None:
+                keyed_from = head.last_id + 1
+                c.execute(audit_head.update().where(audit_head.c.id == 1).values(
+                    keyed_from=keyed_from, seal=self._seal(head.last_id, head.last_hash, keyed_from)))
 
     def append_audit(self, conn, actor: str, action: str, target: str | None, why: str | None,
                      details: dict | None = None, now: dt.datetime | None = None) -> None:
@@ -343,35 +420,52 @@ class Store:
         head = conn.execute(sa.select(audit_head).where(audit_head.c.id == 1).with_for_update()).one()
         body = json.dumps(details or {}, sort_keys=True, default=str)
         now = now.astimezone(dt.timezone.utc)
-        h = self._entry_hash(head.last_hash, now, actor, action, target, why, body)
+        h = self._entry_hash(head.last_hash, now, actor, action, target, why, body, self._audit_key)
         res = conn.execute(audit_log.insert().values(at=now, actor=actor, action=action, target=target, why=why,
                                                      details=body, prev_hash=head.last_hash, entry_hash=h))
+        new_id = res.inserted_primary_key[0]
+        keyed_from = head.keyed_from if head.keyed_from is not None else new_id
         conn.execute(audit_head.update().where(audit_head.c.id == 1).values(
-            last_id=res.inserted_primary_key[0], last_hash=h))
+            last_id=new_id, last_hash=h, keyed_from=keyed_from, seal=self._seal(new_id, h, keyed_from)))
 
     @staticmethod
-    def _entry_hash(prev: str, at: dt.datetime, actor, action, target, why, details: str) -> str:
+    def _entry_hash(prev: str, at: dt.datetime, actor, action, target, why, details: str,
+                    key: bytes | None = None) -> str:
+        """HMAC-SHA256 with the keyring's audit key (SHA-256 for entries written before i15a): whoever can
+        write to the database cannot recompute it."""
         entry = {"at": at.isoformat(), "actor": actor, "action": action, "target": target, "why": why,
                  "details": details}
-        return hashlib.sha256((prev + json.dumps(entry, sort_keys=True)).encode()).hexdigest()
+        data = (prev + json.dumps(entry, sort_keys=True)).encode()
+        if key is None:
+            return hashlib.sha256(data).hexdigest()
+        return hmac.new(key, data, hashlib.sha256).hexdigest()
 
     def verify_audit_chain(self) -> list[str]:
-        """Problems found walking the hash chain: an edited, removed or inserted entry breaks it."""
+        """Problems found walking the chain: an edited, removed or inserted entry breaks it, and without the
+        keyring's key no one can recompute it; the sealed head tells entries cut off the end."""
         problems = []
         prev, last_id = "0" * 64, 0
+        key = self._audit_key
         with self.engine.connect() as c:
             head = c.execute(sa.select(audit_head).where(audit_head.c.id == 1)).one()
+            keyed_from = head.keyed_from
             for r in c.execute(sa.select(audit_log).order_by(audit_log.c.id)):
                 if r.prev_hash != prev:
                     problems.append(f"audit entry {r.id} ({r.action}): does not follow entry {last_id or 'start'} "
                                     f"(an entry before it was removed or altered)")
-                h = self._entry_hash(r.prev_hash, as_utc(r.at), r.actor, r.action, r.target, r.why, r.details)
-                if h != r.entry_hash:
+                keyed = keyed_from is None or r.id >= keyed_from
+                h = self._entry_hash(r.prev_hash, as_utc(r.at), r.actor, r.action, r.target, r.why, r.details,
+                                     key if keyed else None)
+                if not hmac.compare_digest(h, r.entry_hash):
                     problems.append(f"audit entry {r.id} ({r.action}): content does not match its hash (edited)")
                 prev, last_id = r.entry_hash, r.id
         if (head.last_id, head.last_hash) != (last_id, prev):
             problems.append(f"audit log ends at entry {last_id}, but its head says {head.last_id} "
                             f"(entries at the end were removed)")
+        elif last_id and (head.seal is None or keyed_from is None
+                          or not hmac.compare_digest(head.seal, self._seal(head.last_id, head.last_hash, keyed_from))):
+            problems.append(f"audit log head (entry {head.last_id}) does not match its seal (the head was "
+                            f"rewritten: entries at the end removed, or the chain recomputed)")
         return problems
 
     def audit(self, actor: str, action: str, target: str | None, why: str | None, details: dict | None = None) -> None:

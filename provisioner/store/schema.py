@@ -31,6 +31,7 @@ devices = Table(
     Column("pending_hash", String(64)),  # desired hash of the pending generation while rotating
     Column("lock_reason", String(255)),
     Column("inputs_hash", String(64)),  # fingerprint of what desired_hash was computed from (0006)
+    Column("enrol_ip", String(45)),  # the open window enrols from this address only; NULL: the site (i15a)
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
@@ -86,4 +87,6 @@ audit_head = Table(
     Column("id", Integer, primary_key=True),
     Column("last_id", BigInteger, nullable=False),
     Column("last_hash", String(64), nullable=False),
+    Column("keyed_from", BigInteger),  # first entry whose hash is keyed (HMAC), i15a
+    Column("seal", String(64)),  # HMAC over (last_id, last_hash, keyed_from): the head cannot be rolled back
 )

@@ -104,7 +104,7 @@ class EventRecorder:
         row = {"at": utcnow(), "mac": reply.mac, "source_ip": req.ip, "transport": req.transport,
                "filename": req.filename[:255], "status": reply.status, "hash": reply.digest,
                "user_agent": (req.user_agent or "")[:255] or None, "reason": reply.reason[:255],
-               "counted": reply.failure}
+               "counted": reply.failure and req.transport != "tftp"}  # as handle() counts
         try:
             self._q.put_nowait(row)
         except queue.Full:

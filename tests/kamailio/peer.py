@@ -103,11 +103,17 @@ def start_kamailio(workdir: Path, domain: str, location_db: bool = False, acl: b
     return k
 
 
+SIPP_OUTCOMES = (0, 1)  # 0: the scenario's expected answer came; 1: another answer (a failed call)
+
+
 def sipp_register(k: Kamailio, user: str, password: Secret, accepted: bool = True, contact_port: int | None = None,
-                  server: tuple[str, int] | None = None, domain: str | None = None, auth: str | None = None) -> int:
-    """One REGISTER dialog; sipp's exit code: 0 = the expected outcome (200 if `accepted`, else 401/403).
+                  server: tuple[str, int] | None = None, domain: str | None = None, auth: str | None = None,
+                  scenario: str | None = None) -> int:
+    """One REGISTER dialog; sipp's exit code: 0 = the expected outcome (200 if `accepted`, else 401/403),
+    1 = the registrar answered something else. Anything else (no answer: 255, sipp itself failed) raises:
+    a test of a refusal must not pass because sipp crashed or the registrar was down.
     The password is a Secret, so a failing assertion shows ******** and never the password."""
-    scenario = "register.xml" if accepted else "register_reject.xml"
+    scenario = scenario or ("register.xml" if accepted else "register_reject.xml")
     extra = []
     if contact_port is not None:
         scenario = "register_contact.xml"
@@ -119,7 +125,10 @@ def sipp_register(k: Kamailio, user: str, password: Secret, accepted: bool = Tru
         ["sipp", f"{host}:{port}", "-sf", str(HERE / scenario), "-m", "1", "-s", user, "-ap", password.reveal(),
          "-key", "domain", domain or k.domain, *extra, "-i", "127.0.0.1", "-p", str(free_udp_port()), "-nostdin",
          "-timeout", "10s", "-timeout_error"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=k.dir, timeout=30)
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=k.dir, timeout=30)
+    if r.returncode not in SIPP_OUTCOMES:
+        raise AssertionError(f"sipp {scenario} for {user}@{domain or k.domain} got no SIP answer or failed "
+                             f"(exit {r.returncode}): {r.stderr.decode(errors='replace')[-500:]}")
     return r.returncode
 
 
@@ -167,9 +176,14 @@ def registers(k: Kamailio, user: str, password: Secret, **kw) -> bool:
     return sipp_register(k, user, password, accepted=True, **kw) == 0
 
 
-def refused(k: Kamailio, user: str, password: Secret) -> bool:
-    """True when the registrar refuses these credentials (401/403)."""
-    return sipp_register(k, user, password, accepted=False) == 0
+def refused(k: Kamailio, user: str, password: Secret, **kw) -> bool:
+    """True when the registrar refuses these credentials (401/403 after the digest retry)."""
+    return sipp_register(k, user, password, accepted=False, **kw) == 0
+
+
+def forbidden(k: Kamailio, user: str, password: Secret, **kw) -> bool:
+    """True when the registrar answers the first REGISTER with 403, before any authentication."""
+    return sipp_register(k, user, password, scenario="register_forbidden.xml", **kw) == 0
 
 
 def kamailio_inventory(text: str, k: Kamailio, site_line: str = "    networks: [127.0.0.0/8, 192.168.50.0/24]\n",

@@ -16,16 +16,42 @@ from rich.console import Console
 from rich.table import Table
 
 from provisioner import operations as ops
-from provisioner.errors import InputError, ProvisionerError, RenderError
+from sqlalchemy.exc import SQLAlchemyError
+
+from provisioner.errors import InputError, OutputError, ProvisionerError, RenderError, first_line, os_message
 from provisioner.inventory import load_inventory
 from provisioner.inventory_edit import add_device
 from provisioner.macaddr import normalize_mac
-from provisioner.runtime import Runtime, templates_dir, vendors_dir
+from provisioner.runtime import Runtime, state_label, templates_dir, vendors_dir
 from provisioner.yamlsrc import ProblemsError
 
 # wide enough for the tables when piped (tests, logs); a terminal keeps its own width
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 200)
+
+
+def writable_file(path: Path, option: str) -> Path:
+    """A file the command will write: its directory must exist and be writable (never created for it), and
+    it must not be a directory. Checked before the command changes anything (OutputError, exit 2)."""
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise OutputError(f"{option} {path}: is a directory; give a file name")
+    if not parent.is_dir():
+        raise OutputError(f"{option} {path}: directory {parent} does not exist (create it first)")
+    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise OutputError(f"{option} {path}: not writable by this user")
+    return path
+
+
+def writable_dir(path: Path, option: str) -> Path:
+    """A directory the command writes into: it may be created, but not its parents."""
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{option} {path}: not a directory")
+    if not path.exists():
+        writable_file(path, option)  # its parent exists and is writable
+    elif not os.access(path, os.W_OK | os.X_OK):
+        raise OutputError(f"{option} {path}: not writable by this user")
+    return path
 
 
 def actor() -> str:
@@ -36,8 +62,14 @@ def actor() -> str:
     return f"cli:{user}"
 
 
+# `audit` runs from a timer that knows 0 (compliant), 3 (findings) and 2 (could not audit): nothing else
+ONLY_EXIT_CODES = {"audit": (0, 2, 3)}
+
+
 class Group(click.Group):
-    """Turns our exceptions into the contract's exit codes with a plain message."""
+    """Turns every failure into one line on stderr and the contract's exit code (docs/contract.md): our
+    exceptions carry theirs; the database's and the OS's are said plainly; anything else is an internal
+    error, its traceback only with -v. Never a secret: exceptions that may hold one show their type only."""
 
     def invoke(self, ctx):
         try:
@@ -45,10 +77,31 @@ class Group(click.Group):
         except ProblemsError as e:
             for p in e.problems:
                 err.print(str(p), markup=False, highlight=False)
-            ctx.exit(2)
+            self._exit(ctx, 2)
         except ProvisionerError as e:
             err.print(f"error: {e}", markup=False, highlight=False)
-            ctx.exit(e.exit_code)
+            self._exit(ctx, e.exit_code)
+        except SQLAlchemyError as e:  # the database went away (or broke) after it was opened
+            label = state_label(ctx.obj.url) if isinstance(ctx.obj, Runtime) else "state database"
+            err.print(f"error: state database {label}: {first_line(e)}", markup=False, highlight=False)
+            self._exit(ctx, 1)
+        except OSError as e:
+            err.print(f"error: {os_message(e)}", markup=False, highlight=False)
+            self._exit(ctx, 1)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, KeyboardInterrupt):
+            raise
+        except Exception as e:
+            if getattr(ctx.obj, "verbose", False):
+                import traceback
+                traceback.print_exc()
+            err.print(f"error: internal error ({type(e).__name__}); run with -v for the traceback, and report it",
+                      markup=False, highlight=False)
+            self._exit(ctx, 1)
+
+    @staticmethod
+    def _exit(ctx, code: int) -> None:
+        allowed = ONLY_EXIT_CODES.get(ctx.invoked_subcommand or "")
+        ctx.exit(code if allowed is None or code in allowed else 2)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -93,6 +146,10 @@ def check(rt: Runtime):
         except RenderError as e:
             line = inv.source.line_of(("devices", inv.device_index[mac]))
             problems.append(f"{inv.path}:{line}: devices[{inv.device_index[mac]}]: {e}")
+    if inv.routers:  # router options the drivers refuse (account names, paths), before a command needs them
+        from provisioner.routers import driver_problems
+        rt._inventory = inv
+        problems += [str(p) for p in driver_problems(rt)]
     if problems:
         for line in problems:
             err.print(line, markup=False, highlight=False)
@@ -149,12 +206,17 @@ def devices(rt: Runtime, as_json: bool):
 @click.pass_obj
 def render(rt: Runtime, mac: str, out_dir: Path | None):
     """The files this device would fetch, with every secret shown as ********."""
+    if out_dir:
+        writable_dir(out_dir, "--out")
     files = ops.render_device(rt, mac, masked=True)
     if out_dir:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for name, data in files.items():
-            (out_dir / name).write_bytes(data)
-            out.print(f"wrote {out_dir / name}", markup=False, highlight=False)
+        try:
+            out_dir.mkdir(exist_ok=True)
+            for name, data in files.items():
+                (out_dir / name).write_bytes(data)
+                out.print(f"wrote {out_dir / name}", markup=False, highlight=False)
+        except OSError as e:
+            raise OutputError(f"--out {out_dir}: {e.strerror or type(e).__name__}") from None
         return
     for name, data in files.items():
         click.echo(f"==> {name} <==")

@@ -295,14 +295,21 @@ def adopt_all_discovered(rt, site: str, first_extension: int | None, assume_yes:
     for (mac, ip, vendor, model, by), ext in zip(plan, exts):
         t.add_row(*(Text(x) for x in (mac, ip or "?", vendor, model, by, ext)))
     out.print(t)
+    from provisioner.cli import adoption_entry, registrar_not_written
+    from provisioner.operations import check_adoption
+
+    def line(vendor: str, model: str, ext: str) -> list[dict]:
+        return [{"extension": ext, "display_name": f"{rt.catalog.get(vendor).display_name} {model}"[:64]}]
+    # all of them checked before the first is written: one that cannot be provisioned refuses them all
+    check_adoption(rt, [adoption_entry(mac, vendor, model, site, line(vendor, model, ext))
+                        for (mac, ip, vendor, model, by), ext in zip(plan, exts)])
     if not assume_yes:  # no answer (end of input) aborts: nothing is written
         click.confirm(f"Adopt these {len(plan)} device(s) into {rt.inventory_path}?", default=False, abort=True,
                       err=True)
     done = []
     for (mac, ip, vendor, model, by), ext in zip(plan, exts):
-        display = f"{rt.catalog.get(vendor).display_name} {model}"[:64]
-        dev, st = adopt_one(rt, mac, vendor, model, site, [{"extension": ext, "display_name": display}], None,
-                            why=f"adopt --all-discovered (found by {by})", next_steps=False)
+        dev, st = adopt_one(rt, mac, vendor, model, site, line(vendor, model, ext), None,
+                            why=f"adopt --all-discovered (found by {by})", next_steps=False, checked=True)
         done.append((dev, st))
     dev, st = done[-1]
     _print("Next, on site:")
@@ -312,3 +319,4 @@ def adopt_all_discovered(rt, site: str, first_extension: int | None, assume_yes:
            f"LAN, else by DHCP option 66 or their web UI.")
     _print(f"  3. Each first fetch before {st.enrol_expires_at:%Y-%m-%d %H:%M} UTC enrols the phone; "
            f"check with: provisioner devices")
+    registrar_not_written(rt, [dev.mac for dev, _ in done])

@@ -30,6 +30,19 @@ out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 200)
 
 
+class Seconds(click.FloatRange):
+    """A number of seconds in a range; NaN is refused too (click's FloatRange lets it through, and a wait of
+    NaN seconds never ends)."""
+
+    name = "seconds"
+
+    def convert(self, value, param, ctx):
+        v = super().convert(value, param, ctx)
+        if v != v:
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        return v
+
+
 def writable_file(path: Path, option: str) -> Path:
     """A file the command will write: its directory must exist and be writable (never created for it), and
     it must not be a directory. Checked before the command changes anything (OutputError, exit 2)."""
@@ -203,11 +216,26 @@ def serve(rt: Runtime, https: str, tftp: str, api: str | None, sip_pnp: bool, si
 @click.option("--json", "as_json", is_flag=True, help="JSON array for scripts.")
 @click.pass_obj
 def devices(rt: Runtime, as_json: bool):
-    """One row per device: mac, vendor, model, site, state, last_seen, served_hash, desired_hash."""
+    """One row per device: mac, vendor, model, site, state, last_seen, served_hash, desired_hash, and whether
+    its registrar really takes its current SIP password (a device whose registrar does not is not in sync)."""
     rows = ops.list_devices(rt)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
-        return
+    else:
+        _devices_table(rows)
+    bad = [r for r in rows if r.get("registrar") in ("not held", "unreachable")]
+    why: dict[str, list[str]] = {}
+    for r in bad:
+        why.setdefault(r["registrar_detail"], []).append(r["mac"])
+    for detail, macs in why.items():
+        err.print(f"{', '.join(macs[:3])}{f' and {len(macs) - 3} more' if len(macs) > 3 else ''}: the registrar "
+                  f"does not accept the current SIP password: {detail}", markup=False, highlight=False)
+    if bad:
+        err.print(f"{len(bad)} device(s) cannot register: fix the registrar (provisioner check), then run: "
+                  f"provisioner registrar sync", markup=False, highlight=False)
+
+
+def _devices_table(rows: list[dict]) -> None:
     t = Table(title=f"{len(rows)} devices", title_justify="left")
     for col in ("mac", "vendor", "model", "site", "state", "last seen", "served", "desired", "registrar", "in sync"):
         t.add_column(col)
@@ -219,16 +247,6 @@ def devices(rt: Runtime, as_json: bool):
                    "unreachable": "UNREACHABLE", "decommissioned": "-"}.get(reg, reg),
                   "yes" if r["in_sync"] else "no")
     out.print(t)
-    bad = [r for r in rows if r.get("registrar") in ("not held", "unreachable")]
-    why: dict[str, list[str]] = {}
-    for r in bad:
-        why.setdefault(r["registrar_detail"], []).append(r["mac"])
-    for detail, macs in why.items():
-        err.print(f"{', '.join(macs[:3])}{f' and {len(macs) - 3} more' if len(macs) > 3 else ''}: the registrar "
-                  f"does not accept the current SIP password: {detail}", markup=False, highlight=False)
-    if bad:
-        err.print(f"{len(bad)} device(s) cannot register: fix the registrar (provisioner check), then run: "
-                  f"provisioner registrar sync", markup=False, highlight=False)
 
 
 @cli.command()
@@ -362,11 +380,11 @@ def adopt_one(rt: Runtime, mac: str, vendor: str, model: str, site: str, lines: 
 @click.argument("mac", required=False)
 @click.option("--site", default=None, help="Every device of this site (bulk).")
 @click.option("--all", "all_devices", is_flag=True, help="Every device of the inventory (bulk).")
-@click.option("--wait", "wait", type=click.FloatRange(0, 86400), default=None, metavar="S",
+@click.option("--wait", "wait", type=Seconds(0, 86400), default=None, metavar="S",
               help="Wait up to S seconds (per device) for the device to fetch its new config (exit 4 if not).")
 @click.option("--concurrency", type=click.IntRange(1, 256), default=4, show_default=True,
               help="Bulk: at most N devices rotating (and, with --wait, fetching) at once.")
-@click.option("--stagger", type=click.FloatRange(0, 3600), default=1.0, show_default=True, metavar="S",
+@click.option("--stagger", type=Seconds(0, 3600), default=1.0, show_default=True, metavar="S",
               help="Bulk: seconds between the starts of two devices (no boot storm).")
 @click.option("--why", default=None, help="Reason, for the audit log.")
 @click.option("--json", "as_json", is_flag=True)

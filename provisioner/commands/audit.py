@@ -34,7 +34,7 @@ def _write_atomic(path: Path, text: str) -> None:
               help="Write Prometheus metrics for node_exporter's textfile collector.")
 @click.option("--probe-defaults", is_flag=True,
               help="Try each vendor's factory web login on devices on their site networks (opt-in, logged).")
-@click.option("--probe-port", type=int, default=None, help="Port of the phones' web UI (default: the scheme's).")
+@click.option("--probe-port", type=click.IntRange(1, 65535), default=None, help="Port of the phones' web UI (default: the scheme's).")
 @click.option("--probe-scheme", type=click.Choice(["http", "https"]), default="http", show_default=True)
 @click.pass_obj
 def audit(rt, json_out, html_out, textfile, probe_defaults, probe_port, probe_scheme):

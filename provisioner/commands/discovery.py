@@ -14,7 +14,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 from rich.text import Text
 
-from provisioner.cli import cli, err, out
+from provisioner.cli import Seconds, cli, err, out
 from provisioner.errors import InputError
 
 ADOPT_WINDOW_HOURS = 24.0  # what --all-discovered and `adopt MAC` look back on
@@ -135,13 +135,13 @@ def _options(rt, subnets, interfaces, timeout, probes, communities, snmp_credent
 @click.option("--passive", is_flag=True, help="Devices that asked this server for a config (not in inventory).")
 @click.option("--interface", "interfaces", multiple=True, metavar="IP",
               help="Address of this machine to listen and send on (repeat; default: all).")
-@click.option("--timeout", type=click.FloatRange(0.5, 300), default=None, metavar="S",
+@click.option("--timeout", type=Seconds(0.5, 300), default=None, metavar="S",
               help="How long the listeners run (default 5 s, or discovery.timeout).")
 @click.option("--community", "communities", multiple=True, metavar="NAME",
               help="SNMP v2c community (repeat; default 'public'). Prefer --snmp-credentials: a command line is visible to others.")
 @click.option("--snmp-credentials", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
               help="YAML with communities and v3 users (0600); also discovery.snmp.credentials_file.")
-@click.option("--snmp-timeout", type=click.FloatRange(0.1, 30), default=None, metavar="S")
+@click.option("--snmp-timeout", type=Seconds(0.1, 30), default=None, metavar="S")
 @click.option("--snmp-retries", type=click.IntRange(0, 5), default=None)
 @click.option("--concurrency", type=click.IntRange(1, 4096), default=None, help="SNMP addresses in flight.")
 @click.option("--json", "as_json", is_flag=True, help="JSON array for scripts.")

@@ -15,7 +15,7 @@ import click
 from rich.table import Table
 
 from provisioner import operations as ops
-from provisioner.cli import actor, cli, err, out
+from provisioner.cli import Seconds, actor, cli, err, out
 from provisioner.errors import InputError
 
 
@@ -51,7 +51,7 @@ def unlock(rt, mac, why, as_json):
 @cli.command()
 @click.argument("mac")
 @click.option("--why", default="factory reset requested", show_default=True)
-@click.option("--wait", "wait", type=click.FloatRange(0, 86400), default=None, metavar="S",
+@click.option("--wait", "wait", type=Seconds(0, 86400), default=None, metavar="S",
               help="Wait up to S seconds for the device to come back and enrol (exit 4 if it does not).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj

@@ -234,8 +234,8 @@ def apply(rt, items: Iterable[Item], *, clear_lease: bool = True, intent_written
     with store.write() as c:
         for it in items:
             row = _row(c, it.mac)
-            if it.mac in failures:
-                _upsert(c, it.mac, row, error=failures[it.mac][:255])
+            if it.mac in failures:  # the intent stays for the next reconcile; nobody is writing it any more
+                _upsert(c, it.mac, row, error=failures[it.mac][:255], intent_owner=None, intent_at=None)
                 continue
             values = dict(held=it.generation, intent=None, intent_generation=None, intent_owner=None,
                           intent_at=None, kind=it.dev.settings.registrar.kind,

@@ -76,10 +76,14 @@ def create_db(db: Path) -> None:
         c.execute("PRAGMA journal_mode=WAL")  # Kamailio's reads never hit "database is locked" while we write
 
 
-def start_kamailio(workdir: Path, domain: str, location_db: bool = False, acl: bool = False) -> Kamailio:
+def start_kamailio(workdir: Path, domain: str, location_db: bool = False, acl: bool = False,
+                   with_schema: bool = True) -> Kamailio:
+    """`with_schema=False`: Kamailio runs on a database that does not exist (it creates the file empty, and
+    every REGISTER fails) until the test calls create_db(k.db)."""
     workdir.mkdir(parents=True, exist_ok=True)
     db = workdir / "kamailio.sqlite"
-    create_db(db)
+    if with_schema:
+        create_db(db)
     port = free_udp_port()
     log = open(workdir / "kamailio.log", "w")
     cmd = ["kamailio", "-DD", "-E", "-f", str(HERE / "kamailio.cfg"), "-m", "32", "-M", "8",

@@ -20,11 +20,13 @@ def snapshot(home: Home, k, tmp: Path) -> dict:
     with closing(sqlite3.connect(home.path / "state.db")) as c:
         tables = [t for (t,) in c.execute("select name from sqlite_master where type = 'table' order by name")]
         store = {t: sorted(map(repr, c.execute(f'select * from "{t}"'))) for t in tables}
-    with closing(sqlite3.connect(k.db)) as c:
-        registrar = {t: sorted(c.execute(f"select * from {t}")) for t in ("subscriber", "provisioner_account")}
+    with closing(sqlite3.connect(k.db)) as c:  # every table: subscriber, address, provisioner's tags
+        names = [t for (t,) in c.execute("select name from sqlite_master where type = 'table' order by name")]
+        registrar = {t: sorted(map(repr, c.execute(f'select * from "{t}"'))) for t in names}
     files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if "kamailio" not in p.parts and
                    "home" not in p.parts)
-    return {"inventory": home.inventory.read_bytes(), "store": store, "registrar": registrar, "files": files}
+    return {"inventory": home.inventory.read_bytes(), "store": store, "registrar": registrar, "files": files,
+            "/nonexistent": Path("/nonexistent").exists()}
 
 
 REFUSED = [
@@ -83,29 +85,48 @@ def rig(tmp_path_factory, capture_dir):
     home.cli("devices", check=True)  # the store synced: a refused command has nothing left to sync
     home.cli("decommission", DECOMMISSIONED, check=True)
     (tmp / "a-file").write_text("x")
-    yield home, k, tmp
+    pristine = {"inventory": inv.read_bytes(), "store": _copy(home.path / "state.db", tmp / "store.pristine"),
+                "registrar": _copy(k.db, tmp / "kamailio.pristine")}
+    yield home, k, tmp, pristine
     k.stop()
+
+
+def _copy(db: Path, to: Path) -> Path:
+    with closing(sqlite3.connect(db)) as src, closing(sqlite3.connect(to)) as dst:
+        src.backup(dst)
+    return to
+
+
+def _restore(home: Home, k, pristine: dict) -> None:
+    """Whatever a case did (it must do nothing), the next one starts from the same state: one command that
+    wrongly changed the inventory must not make the following refusals pass for another reason."""
+    home.inventory.write_bytes(pristine["inventory"])
+    _copy(pristine["store"], home.path / "state.db")
+    _copy(pristine["registrar"], k.db)
 
 
 @pytest.mark.parametrize("case", REFUSED, ids=lambda c: " ".join(c[1:])[:60])
 def test_a_refused_command_changes_nothing(rig, case):
-    home, k, tmp = rig
+    home, k, tmp, pristine = rig
     code, *args = case
     before = snapshot(home, k, tmp)
-    r = home.cli(*(a.replace("{tmp}", str(tmp)) for a in args), env={"PROVISIONER_NOTIFY_TIMEOUT": "0.3"})
+    try:
+        r = home.cli(*(a.replace("{tmp}", str(tmp)) for a in args), env={"PROVISIONER_NOTIFY_TIMEOUT": "0.3"},
+                     timeout=30)
+        after = snapshot(home, k, tmp)
+    finally:
+        _restore(home, k, pristine)
     assert r.returncode == code, (r.stdout, r.stderr)
     assert "Traceback" not in r.stderr
-    after = snapshot(home, k, tmp)
     if code == 5:  # the refused one-time code is recorded, on purpose: that is what the audit log is for
         log = [x for x in after["store"]["audit_log"] if x not in before["store"]["audit_log"]]
         assert len(log) == 1 and "otp.refused" in log[0]
         after["store"]["audit_log"] = before["store"]["audit_log"]
         after["store"]["audit_head"] = before["store"]["audit_head"]
-    for part in ("inventory", "registrar", "files"):
+    for part in ("inventory", "registrar", "files", "/nonexistent"):
         assert after[part] == before[part], part
     changed = [t for t in before["store"] if after["store"].get(t) != before["store"][t]]
     assert changed == [], f"store tables changed: {changed}"
-    assert not Path("/nonexistent").exists()
 
 
 def test_the_gigaset_refusal_names_the_fix(home: Home):

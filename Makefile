@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 run: venv
-	$(BIN)/provisioner --home $(HOME_DIR) --inventory inventory.yaml check
+	$(BIN)/provisioner --home $(HOME_DIR) --inventory inventory.yaml check --offline
 	$(BIN)/provisioner --home $(HOME_DIR) --inventory inventory.yaml serve --https 127.0.0.1:8443 --tftp 127.0.0.1:6969
 
 check: venv

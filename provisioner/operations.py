@@ -349,10 +349,12 @@ def check_adoption(rt: Runtime, entries: list[dict]):
 
 # ---- registrar ------------------------------------------------------------------------------------
 
-def reconcile(rt: Runtime, macs: Iterable[str] | None = None, actor: str = "system") -> registrar_sync.ReconcileReport:
+def reconcile(rt: Runtime, macs: Iterable[str] | None = None, actor: str = "system",
+              sweep: bool = False) -> registrar_sync.ReconcileReport:
     """Registrars hold what the devices hold: repair writes and switches cut short (serve start-up,
-    `reprovision`, `provisioner registrar sync`). Failures are in the report, never raised."""
-    return registrar_sync.reconcile(rt, None if macs is None else [normalize_mac(m) for m in macs], actor)
+    `reprovision`, `provisioner registrar sync`, which also sweeps the accounts no device owns any more).
+    Failures are in the report, never raised."""
+    return registrar_sync.reconcile(rt, None if macs is None else [normalize_mac(m) for m in macs], actor, sweep)
 
 
 # ---- resync / reset over SIP NOTIFY ---------------------------------------------------------------

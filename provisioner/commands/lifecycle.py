@@ -189,10 +189,11 @@ def registrar():
 @click.pass_obj
 def registrar_sync(rt, as_json):
     """Bring every registrar in line with the credentials the devices hold (repairs writes and switches
-    that were cut short); exit 1 if a registrar could not be written."""
+    that were cut short; removes the accounts provisioner wrote that no device owns any more); exit 1 if a
+    registrar could not be written."""
     from provisioner.registrar import acl
     ops.sync_inventory(rt, actor())
-    rep = ops.reconcile(rt, actor=actor())
+    rep = ops.reconcile(rt, actor=actor(), sweep=True)
     acls = acl.export(rt, actor())
     for a in acls:  # on stderr: --json's stdout stays the list of device repairs
         err.print(f"access list of {a.registrar}: {a.outcome} ({', '.join(a.networks) or 'no network'}; "

@@ -101,11 +101,11 @@ class Registrar(ABC):
         """Remove accounts by (SIP user, domain) (orphans: a domain that changed, a device that left)."""
         self.remove_users(u for u, d in pairs if d == getattr(self, "domain", d))
 
-    def prune(self, mac: str, keep: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-        """Remove the accounts written for this device other than `keep` (its accounts now); what went.
-        Backends that write a device's accounts as one unit (a file block, the box's client list) have
-        nothing left over."""
-        return []
+    def prune_many(self, keep: Mapping[str, set[tuple[str, str]]]) -> dict[str, list[tuple[str, str]]]:
+        """For each device (MAC), remove the accounts written for it other than `keep[mac]` (its accounts
+        now, as `account_keys` names them); what went, per device. Backends that write a device's accounts
+        as one unit (a file block, the box's whole client list) have nothing left over."""
+        return {}
 
     def account_keys(self, dev: ResolvedDevice) -> set[tuple[str, str]]:
         """(SIP user, domain) of the device's accounts here, as `tagged` names them."""

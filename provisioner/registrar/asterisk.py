@@ -244,11 +244,18 @@ class AsteriskRegistrar(Registrar):
                                           " (no reload_command: Asterisk reads it at its next reload)")
 
     def holds(self, dev: ResolvedDevice, line_secrets: Mapping[str, Secret]) -> bool:
-        with self._locked():
-            body = self._read().get(dev.mac, "")
-        have = {a["username"]: a.get("md5_cred", "") for a in _auths(body)}
-        return all(u in have and hmac.compare_digest(have[u], md5_cred(u, self.domain, pw))
-                   for u, pw in self._lines(dev, line_secrets)) and {u for u, _ in accounts(dev)} == set(have)
+        return self.holds_many([(dev, line_secrets)])[dev.mac]
+
+    def holds_many(self, items: Iterable[tuple[ResolvedDevice, Mapping[str, Secret]]]) -> dict[str, bool]:
+        with self._locked():  # the file read once, whatever the number of devices
+            blocks = self._read()
+        out = {}
+        for dev, secrets in items:
+            have = {a["username"]: (a.get("md5_cred", ""), a.get("realm")) for a in _auths(blocks.get(dev.mac, ""))}
+            out[dev.mac] = all(u in have and have[u][1] == self.domain
+                               and hmac.compare_digest(have[u][0], md5_cred(u, self.domain, pw))
+                               for u, pw in self._lines(dev, secrets)) and {u for u, _ in accounts(dev)} == set(have)
+        return out
 
 
 def _escape(text: str) -> str:

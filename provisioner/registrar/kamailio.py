@@ -85,7 +85,8 @@ TAGS = sa.Table("provisioner_account", sa.MetaData(),
                 sa.Column("username", sa.String(64), primary_key=True),
                 sa.Column("domain", sa.String(64), primary_key=True),
                 sa.Column("mac", sa.String(12), nullable=False),
-                sa.Column("written_at", sa.String(32), nullable=False))
+                sa.Column("written_at", sa.String(32), nullable=False),
+                sa.Index("provisioner_account_mac_idx", "mac"))
 SUBSCRIBER_COLUMNS = {"username", "domain", "password", "ha1", "ha1b"}
 
 
@@ -201,12 +202,22 @@ class KamailioRegistrar(Registrar):
         rows = self._run("read the subscriber table", lambda c: c.execute(q).all())
         return [{"username": r.username, "domain": r.domain, "device": r.mac} for r in rows]
 
-    def prune(self, mac: str, keep: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-        keep = set(keep)
-        stale = [(a["username"], a["domain"]) for a in self.tagged()
-                 if a["device"] == mac and (a["username"], a["domain"]) not in keep]
-        self.remove_accounts(stale)
-        return stale
+    def prune_many(self, keep: Mapping[str, set[tuple[str, str]]]) -> dict[str, list[tuple[str, str]]]:
+        macs = sorted(keep)
+        q = sa.text("SELECT username, domain, mac FROM provisioner_account WHERE mac IN :macs").bindparams(
+            sa.bindparam("macs", expanding=True))
+
+        def read(c) -> list:
+            rows = []
+            for i in range(0, len(macs), 500):
+                rows += c.execute(q, {"macs": macs[i:i + 500]}).all()
+            return rows
+        gone: dict[str, list[tuple[str, str]]] = {}
+        for r in self._run("read the subscriber table", read) if macs else []:
+            if (r.username, r.domain) not in keep[r.mac]:
+                gone.setdefault(r.mac, []).append((r.username, r.domain))
+        self.remove_accounts([p for ps in gone.values() for p in ps])
+        return gone
 
     def store_key(self) -> str:
         return f"kamailio|{self._label}"[:255]

@@ -200,12 +200,10 @@ def _write(rt, items: list[Item], rows: dict) -> dict[str, str]:
             sets = [(it.dev, line_secrets(it.creds or {})) for it in its if it.generation is not None]
             if sets:
                 b.set_many(sets)
-            for it in its:  # the device's accounts left over elsewhere at this registrar (another domain)
-                if it.prune:
-                    gone = b.prune(it.mac, set() if it.generation is None else b.account_keys(it.dev))
-                    if gone:
-                        log.info("%s: removed %s, no longer %s's", b.label,
-                                 ", ".join(f"{u}@{d}" for u, d in gone), it.mac)
+            # the devices' accounts left over elsewhere at this registrar (another domain, a removed line)
+            keep = {it.mac: set() if it.generation is None else b.account_keys(it.dev) for it in its if it.prune}
+            for mac, gone in (b.prune_many(keep) if keep else {}).items():
+                log.info("%s: removed %s, no longer %s's", b.label, ", ".join(f"{u}@{d}" for u, d in gone), mac)
         except Exception as e:  # the backend's own message (never a secret); anything else: its type only
             msg = str(e) if isinstance(e, ProvisionerError) else f"{b.label}: {type(e).__name__}"
             log.error("registrar write failed for %d device(s): %s", len(its), msg)
@@ -372,12 +370,13 @@ def _holds_desired(served: str | None, desired: str | None) -> bool:
     return served is None or served == desired
 
 
-def reconcile(rt, macs: Iterable[str] | None = None, actor: str = "system") -> ReconcileReport:
+def reconcile(rt, macs: Iterable[str] | None = None, actor: str = "system", sweep: bool = False) -> ReconcileReport:
     """Make every registrar hold what the devices hold; repair switches and writes cut short.
 
-    `macs`: only these devices (all devices that need a look when None: then the accounts this project
-    wrote that no device owns any more are removed too, registrar/verify.py). Never raises for one
-    device's registrar: failures are in the report (and the intent stays for the next run).
+    `macs`: only these devices (all devices that need a look when None). `sweep`: also remove the accounts
+    this project wrote that no device owns any more (registrar/verify.py; `provisioner registrar sync`).
+    Never raises for one device's registrar: failures are in the report (and the intent stays for the
+    next run).
     """
     store = rt.store
     report = ReconcileReport()
@@ -429,7 +428,7 @@ def reconcile(rt, macs: Iterable[str] | None = None, actor: str = "system") -> R
                         "registrar brought in line with the credentials the devices hold",
                         {"devices": [f"{it.mac}: {'removed' if it.generation is None else f'generation {it.generation}'}"
                                      for it in done][:500]})
-    if macs is None:
+    if sweep:
         from provisioner.registrar import verify
         report.repairs += verify.sweep(rt, actor)
     return report

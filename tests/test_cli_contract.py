@@ -54,10 +54,13 @@ def test_damaged_state_database(home: Home):
     for p in home.path.glob("state.db-*"):
         p.unlink()
     db.write_bytes(b"this is not what SQLite wrote" * 100)
-    r = home.cli("devices")
-    assert r.returncode == 1 and "damaged or not a database" in one_line_error(r) and "backup" in r.stderr
-    r = home.cli("audit")
-    assert r.returncode == 2 and "damaged" in one_line_error(r)
+    try:
+        r = home.cli("devices")
+        assert r.returncode == 1 and "damaged or not a database" in one_line_error(r) and "backup" in r.stderr
+        r = home.cli("audit")
+        assert r.returncode == 2 and "damaged" in one_line_error(r)
+    finally:
+        db.unlink()  # the secret-leak scan opens every home's state.db at the end of the session
 
 
 def test_outputs_that_cannot_be_written(home: Home, tmp_path: Path):

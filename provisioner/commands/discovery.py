@@ -117,7 +117,12 @@ def _options(rt, subnets, interfaces, timeout, probes, communities, snmp_credent
     if snmp_credentials is not None:
         creds = creds.merged(load_snmp_credentials(snmp_credentials))
     if communities:
-        creds = creds.merged(SnmpCredentials(communities=list(communities)))
+        from pydantic import ValidationError
+        try:
+            creds = creds.merged(SnmpCredentials(communities=list(communities)))
+        except ValidationError as e:
+            first = e.errors(include_url=False, include_input=False)[0]
+            raise InputError(f"--community: {first['msg'].removeprefix('Value error, ')}") from None
     opts = Options.from_config(cfg, probes=tuple(probes), subnets=subnets, interfaces=interfaces, timeout=timeout,
                                snmp=creds, snmp_timeout=snmp_timeout, snmp_retries=snmp_retries,
                                snmp_concurrency=concurrency, auto_enrol_sites=auto_enrol_sites(inv))

@@ -31,7 +31,7 @@ SENSITIVE_KEY = re.compile(r"pass|pwd|pin|secret|key", re.I)
 @dataclass(frozen=True)
 class Finding:
     type: str  # drift | rotation | never-enrolled | stale | locked | enrolment-conflict | firmware |
-    #            local-override | policy | orphan | unused | factory-default | exposure | tamper
+    #            local-override | policy | orphan | registrar | unused | factory-default | exposure | tamper
     severity: str
     device: str | None
     site: str | None
@@ -204,35 +204,42 @@ def check_store_orphans(rt: Runtime, states: list[DeviceState]) -> Iterable[Find
                           f"provisioner decommission {st.mac}")
 
 
-def check_registrar_orphans(rt: Runtime) -> Iterable[Finding]:
-    from provisioner.registrar import registrar_for
-    backends: dict[tuple, tuple[object, set, str]] = {}
-    for dev in rt.inventory.resolved.values():
-        r = dev.settings.registrar
-        if r.kind in (None, "none"):
-            continue
-        key = (r.kind, r.host, r.domain)
-        if key not in backends:
-            try:
-                backends[key] = (registrar_for(rt, dev), set(), dev.site)
-            except NotImplementedError:
-                continue
-        users = backends[key][1]
-        for ln in dev.lines:
-            users.add(ln.auth_user or ln.extension)
-    for (kind, host, domain), (backend, users, site) in backends.items():
-        try:
-            accounts = backend.list()
-        except Exception as e:
-            yield Finding("orphan", "medium", None, site, f"could not list the {kind} registrar's accounts",
-                          f"{type(e).__name__}", "check the registrar connection settings")
-            continue
-        for acct in accounts:
-            user = acct.get("username") or acct.get("user")
-            if user and user not in users:
-                yield Finding("orphan", "high", None, site, f"registrar account {user}@{acct.get('domain', domain)} "
-                              f"is in no inventory line", f"{kind} registrar {host}",
-                              "remove the account from the registrar, or add its line to the inventory")
+def check_registrars(rt: Runtime) -> Iterable[Finding]:
+    """What the registrars really hold: a device whose current SIP password its registrar does not take
+    cannot register; an account provisioner wrote that no device owns still takes the password it was
+    given (a removed device or line, a changed domain); an account of nobody's in the registrar's domain."""
+    from provisioner.registrar import verify
+    unread: dict[tuple[str, str], list[str]] = {}
+    sites: dict[tuple[str, str], set[str]] = {}
+    for mac, h in verify.holdings(rt).items():
+        dev = rt.inventory.resolved[mac]
+        if h.status == "not held":
+            yield Finding("registrar", "high", mac, dev.site, "its registrar does not accept its current SIP password",
+                          f"{h.registrar or 'registrar'}: {h.detail}", "provisioner registrar sync (if it fails: "
+                          "provisioner check)")
+        elif h.status == "unreachable":
+            unread.setdefault((h.registrar or "registrar", h.detail), []).append(mac)
+            sites.setdefault((h.registrar or "registrar", h.detail), set()).add(dev.site)
+    for (label, detail), macs in unread.items():
+        for site in sorted(sites[(label, detail)]):
+            yield Finding("registrar", "high", None, site, f"registrar could not be read: {len(macs)} device(s) may "
+                          f"not be able to register", f"{label}: {detail}",
+                          "provisioner check (says what is wrong), then provisioner registrar sync")
+    where = verify.stores(rt)
+    found, errors = verify.orphans(rt, where)
+    more, errors2 = verify.strangers(rt, where)
+    for o in found:
+        yield Finding("orphan", "high", o.device, o.sites[0] if o.sites else None,
+                      f"registrar account {o.account} written by provisioner is owned by no device",
+                      f"{o.registrar} still takes the password it was given"
+                      + (f" (it was {o.device}'s)" if o.device else ""), "provisioner registrar sync (removes it)")
+    for o in more:
+        yield Finding("orphan", "high", None, o.sites[0] if o.sites else None,
+                      f"registrar account {o.account} is in no inventory line", f"{o.registrar}; not written by "
+                      f"provisioner", "remove the account from the registrar, or add its line to the inventory")
+    for label, detail in dict.fromkeys([e for e in errors + errors2 if e[1] not in {k[1] for k in unread}]):
+        yield Finding("registrar", "high", None, None, "registrar accounts could not be listed", f"{label}: {detail}",
+                      "provisioner check")
 
 
 def check_audit_chain(rt: Runtime) -> Iterable[Finding]:
@@ -281,7 +288,7 @@ def run_audit(rt: Runtime, now: dt.datetime | None = None, probe: Callable | Non
         if probe is not None:
             report.findings += probe(rt, dev, st)
     report.findings += check_store_orphans(rt, states)
-    report.findings += check_registrar_orphans(rt)
+    report.findings += check_registrars(rt)
     report.findings += check_routers(rt)
     report.findings += check_audit_chain(rt)
     report.findings.sort(key=Finding.key)

@@ -16,16 +16,55 @@ from rich.console import Console
 from rich.table import Table
 
 from provisioner import operations as ops
-from provisioner.errors import InputError, ProvisionerError, RenderError
+from sqlalchemy.exc import SQLAlchemyError
+
+from provisioner.errors import InputError, OutputError, ProvisionerError, RenderError, first_line, os_message
 from provisioner.inventory import load_inventory
 from provisioner.inventory_edit import add_device
 from provisioner.macaddr import normalize_mac
-from provisioner.runtime import Runtime, templates_dir, vendors_dir
+from provisioner.runtime import Runtime, state_label, templates_dir, vendors_dir
 from provisioner.yamlsrc import ProblemsError
 
 # wide enough for the tables when piped (tests, logs); a terminal keeps its own width
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 200)
+
+
+class Seconds(click.FloatRange):
+    """A number of seconds in a range; NaN is refused too (click's FloatRange lets it through, and a wait of
+    NaN seconds never ends)."""
+
+    name = "seconds"
+
+    def convert(self, value, param, ctx):
+        v = super().convert(value, param, ctx)
+        if v != v:
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        return v
+
+
+def writable_file(path: Path, option: str) -> Path:
+    """A file the command will write: its directory must exist and be writable (never created for it), and
+    it must not be a directory. Checked before the command changes anything (OutputError, exit 2)."""
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise OutputError(f"{option} {path}: is a directory; give a file name")
+    if not parent.is_dir():
+        raise OutputError(f"{option} {path}: directory {parent} does not exist (create it first)")
+    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise OutputError(f"{option} {path}: not writable by this user")
+    return path
+
+
+def writable_dir(path: Path, option: str) -> Path:
+    """A directory the command writes into: it may be created, but not its parents."""
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{option} {path}: not a directory")
+    if not path.exists():
+        writable_file(path, option)  # its parent exists and is writable
+    elif not os.access(path, os.W_OK | os.X_OK):
+        raise OutputError(f"{option} {path}: not writable by this user")
+    return path
 
 
 def actor() -> str:
@@ -36,8 +75,14 @@ def actor() -> str:
     return f"cli:{user}"
 
 
+# `audit` runs from a timer that knows 0 (compliant), 3 (findings) and 2 (could not audit): nothing else
+ONLY_EXIT_CODES = {"audit": (0, 2, 3)}
+
+
 class Group(click.Group):
-    """Turns our exceptions into the contract's exit codes with a plain message."""
+    """Turns every failure into one line on stderr and the contract's exit code (docs/contract.md): our
+    exceptions carry theirs; the database's and the OS's are said plainly; anything else is an internal
+    error, its traceback only with -v. Never a secret: exceptions that may hold one show their type only."""
 
     def invoke(self, ctx):
         try:
@@ -45,10 +90,31 @@ class Group(click.Group):
         except ProblemsError as e:
             for p in e.problems:
                 err.print(str(p), markup=False, highlight=False)
-            ctx.exit(2)
+            self._exit(ctx, 2)
         except ProvisionerError as e:
             err.print(f"error: {e}", markup=False, highlight=False)
-            ctx.exit(e.exit_code)
+            self._exit(ctx, e.exit_code)
+        except SQLAlchemyError as e:  # the database went away (or broke) after it was opened
+            label = state_label(ctx.obj.url) if isinstance(ctx.obj, Runtime) else "state database"
+            err.print(f"error: state database {label}: {first_line(e)}", markup=False, highlight=False)
+            self._exit(ctx, 1)
+        except OSError as e:
+            err.print(f"error: {os_message(e)}", markup=False, highlight=False)
+            self._exit(ctx, 1)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, KeyboardInterrupt):
+            raise
+        except Exception as e:
+            if getattr(ctx.obj, "verbose", False):
+                import traceback
+                traceback.print_exc()
+            err.print(f"error: internal error ({type(e).__name__}); run with -v for the traceback, and report it",
+                      markup=False, highlight=False)
+            self._exit(ctx, 1)
+
+    @staticmethod
+    def _exit(ctx, code: int) -> None:
+        allowed = ONLY_EXIT_CODES.get(ctx.invoked_subcommand or "")
+        ctx.exit(code if allowed is None or code in allowed else 2)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -67,9 +133,11 @@ def cli(ctx, home: Path, inventory: Path, state_url: str | None, verbose: bool):
 
 
 @cli.command()
+@click.option("--offline", is_flag=True, help="Validate the files only; do not contact the registrars.")
 @click.pass_obj
-def check(rt: Runtime):
-    """Validate the inventory, vendor profiles and templates; print FILE:LINE: field: message per problem."""
+def check(rt: Runtime, offline: bool):
+    """Validate the inventory, vendor profiles and templates (FILE:LINE: field: message per problem, exit 2),
+    then check that each site's registrar can be reached and written, changing nothing (exit 1 if not)."""
     problems = []
     try:
         catalog = rt.catalog
@@ -93,6 +161,10 @@ def check(rt: Runtime):
         except RenderError as e:
             line = inv.source.line_of(("devices", inv.device_index[mac]))
             problems.append(f"{inv.path}:{line}: devices[{inv.device_index[mac]}]: {e}")
+    if inv.routers:  # router options the drivers refuse (account names, paths), before a command needs them
+        from provisioner.routers import driver_problems
+        rt._inventory = inv
+        problems += [str(p) for p in driver_problems(rt)]
     if problems:
         for line in problems:
             err.print(line, markup=False, highlight=False)
@@ -100,6 +172,23 @@ def check(rt: Runtime):
     out.print(f"ok: {len(inv.resolved)} devices in {len(inv.sites)} sites, "
               f"{len(catalog.vendors)} vendor profiles ({vendors_dir()}), templates in {templates_dir()}",
               markup=False, highlight=False)
+    if offline:
+        return
+    from provisioner.registrar import verify
+    rt._inventory = inv
+    failed = False
+    for p in verify.probe(rt):
+        where = f"registrar {p.registrar} (site{'s' if len(p.sites) > 1 else ''} {', '.join(p.sites)})"
+        if p.ok:
+            out.print(f"ok: {where}: {p.detail}", markup=False, highlight=False)
+        else:
+            failed = True
+            err.print(f"error: {where}: {p.detail}", markup=False, highlight=False)
+    if failed:
+        err.print("error: a registrar cannot be written: phones would get SIP passwords it does not hold (they "
+                  "are not handed out until it can; see docs/registrars.md). Fix it, then run: provisioner "
+                  "registrar sync", markup=False, highlight=False)
+        sys.exit(1)
 
 
 @cli.command()
@@ -127,17 +216,35 @@ def serve(rt: Runtime, https: str, tftp: str, api: str | None, sip_pnp: bool, si
 @click.option("--json", "as_json", is_flag=True, help="JSON array for scripts.")
 @click.pass_obj
 def devices(rt: Runtime, as_json: bool):
-    """One row per device: mac, vendor, model, site, state, last_seen, served_hash, desired_hash."""
+    """One row per device: mac, vendor, model, site, state, last_seen, served_hash, desired_hash, and whether
+    its registrar really takes its current SIP password (a device whose registrar does not is not in sync)."""
     rows = ops.list_devices(rt)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
-        return
+    else:
+        _devices_table(rows)
+    bad = [r for r in rows if r.get("registrar") in ("not held", "unreachable")]
+    why: dict[str, list[str]] = {}
+    for r in bad:
+        why.setdefault(r["registrar_detail"], []).append(r["mac"])
+    for detail, macs in why.items():
+        err.print(f"{', '.join(macs[:3])}{f' and {len(macs) - 3} more' if len(macs) > 3 else ''}: the registrar "
+                  f"does not accept the current SIP password: {detail}", markup=False, highlight=False)
+    if bad:
+        err.print(f"{len(bad)} device(s) cannot register: fix the registrar (provisioner check), then run: "
+                  f"provisioner registrar sync", markup=False, highlight=False)
+
+
+def _devices_table(rows: list[dict]) -> None:
     t = Table(title=f"{len(rows)} devices", title_justify="left")
-    for col in ("mac", "vendor", "model", "site", "state", "last seen", "served", "desired", "in sync"):
+    for col in ("mac", "vendor", "model", "site", "state", "last seen", "served", "desired", "registrar", "in sync"):
         t.add_column(col)
     for r in rows:
+        reg = r.get("registrar")
         t.add_row(r["mac"], r["vendor"], r["model"], r["site"], r["state"], r["last_seen"] or "never",
                   (r["served_hash"] or "-")[:12], (r["desired_hash"] or "-")[:12] + (" (rotating)" if r["pending_hash"] else ""),
+                  {None: "-", "none": "-", "held": "holds SIP password", "not held": "DOES NOT HOLD",
+                   "unreachable": "UNREACHABLE", "decommissioned": "-"}.get(reg, reg),
                   "yes" if r["in_sync"] else "no")
     out.print(t)
 
@@ -149,12 +256,17 @@ def devices(rt: Runtime, as_json: bool):
 @click.pass_obj
 def render(rt: Runtime, mac: str, out_dir: Path | None):
     """The files this device would fetch, with every secret shown as ********."""
+    if out_dir:
+        writable_dir(out_dir, "--out")
     files = ops.render_device(rt, mac, masked=True)
     if out_dir:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for name, data in files.items():
-            (out_dir / name).write_bytes(data)
-            out.print(f"wrote {out_dir / name}", markup=False, highlight=False)
+        try:
+            out_dir.mkdir(exist_ok=True)
+            for name, data in files.items():
+                (out_dir / name).write_bytes(data)
+                out.print(f"wrote {out_dir / name}", markup=False, highlight=False)
+        except OSError as e:
+            raise OutputError(f"--out {out_dir}: {e.strerror or type(e).__name__}") from None
         return
     for name, data in files.items():
         click.echo(f"==> {name} <==")
@@ -179,14 +291,21 @@ def _parse_line(text: str) -> dict:
 @click.option("--first-extension", type=click.IntRange(1, 99_999_999), default=None, metavar="N",
               help="With --all-discovered: extensions from N on (default: after the site's highest).")
 @click.option("--yes", "-y", "assume_yes", is_flag=True, help="With --all-discovered: do not ask (scripts).")
+@click.option("--transport", type=click.Choice(["tls", "tcp", "udp"]), default=None,
+              help="SIP transport of this device, when it is not the site's (writes registrar: {transport: …}).")
+@click.option("--srtp", type=click.Choice(["required", "optional", "off"]), default=None,
+              help="SRTP policy of this device, when it is not the site's (writes policy: {srtp: …}).")
 @click.pass_obj
 def adopt(rt: Runtime, mac: str | None, vendor: str | None, model: str | None, site: str, lines: tuple[str, ...],
-          name: str | None, all_discovered: bool, first_extension: int | None, assume_yes: bool):
-    """Add a device to inventory.yaml (comments kept), generate its credentials, open its enrolment window."""
+          name: str | None, all_discovered: bool, first_extension: int | None, assume_yes: bool,
+          transport: str | None, srtp: str | None):
+    """Add a device to inventory.yaml (comments kept), generate its credentials, open its enrolment window.
+    Everything is checked first (the inventory, its config on the site, its registrar): a refusal changes
+    nothing."""
     from provisioner.commands import discovery as found
     if all_discovered:
-        if mac or lines or vendor or model or name:
-            raise InputError("--all-discovered takes no MAC, --vendor, --model, --line or --name")
+        if mac or lines or vendor or model or name or transport or srtp:
+            raise InputError("--all-discovered takes no MAC, --vendor, --model, --line, --name, --transport or --srtp")
         found.adopt_all_discovered(rt, site, first_extension, assume_yes, adopt_one)
         return
     if first_extension is not None or assume_yes:
@@ -206,16 +325,30 @@ def adopt(rt: Runtime, mac: str | None, vendor: str | None, model: str | None, s
         vendor, model, seen = found.identified(rt, mac, vendor, model)
         out.print(f"{mac}: {seen}", markup=False, highlight=False)
         why = "adopt command (vendor/model from discovery)"
-    adopt_one(rt, mac, vendor, model, site, [_parse_line(x) for x in lines], name, why=why)
+    overrides = {k: v for k, v in (("registrar", {"transport": transport} if transport else None),
+                                   ("policy", {"srtp": srtp} if srtp else None)) if v}
+    adopt_one(rt, mac, vendor, model, site, [_parse_line(x) for x in lines], name, why=why, overrides=overrides)
 
 
-def adopt_one(rt: Runtime, mac: str, vendor: str, model: str, site: str, lines: list[dict], name: str | None,
-              why: str = "adopt command", next_steps: bool = True):
-    """Write one device into inventory.yaml, sync it to the store, open its window; (device, state)."""
+def adoption_entry(mac: str, vendor: str, model: str, site: str, lines: list[dict], name: str | None = None,
+                   overrides: dict | None = None) -> dict:
     entry = {"mac": ":".join(mac[i:i + 2] for i in range(0, 12, 2)), "vendor": vendor, "model": model, "site": site}
     if name:
         entry["name"] = name
+    entry.update(overrides or {})
     entry["lines"] = lines
+    return entry
+
+
+def adopt_one(rt: Runtime, mac: str, vendor: str, model: str, site: str, lines: list[dict], name: str | None,
+              why: str = "adopt command", next_steps: bool = True, overrides: dict | None = None,
+              checked: bool = False):
+    """Write one device into inventory.yaml, sync it to the store, open its window; (device, state).
+    `checked`: the caller already ran ops.check_adoption for it (bulk adoption checks them all first, and
+    says at the end which registrars were not written); else a registrar not written exits 1."""
+    entry = adoption_entry(mac, vendor, model, site, lines, name, overrides)
+    if not checked:
+        ops.check_adoption(rt, [entry])  # refuses before anything is written
     rt._inventory = add_device(rt.inventory_path, rt.catalog, entry)
     ops.sync_inventory(rt, actor())
     st = rt.store.device(mac)
@@ -228,6 +361,8 @@ def adopt_one(rt: Runtime, mac: str, vendor: str, model: str, site: str, lines: 
     fname = prof.trigger.filename_for(mac=mac)
     out.print(f"adopted {mac} ({prof.display_name} {model}) in site {site}; credentials generated.",
               markup=False, highlight=False)
+    if not checked:
+        registrar_not_written(rt, [mac])
     if not next_steps:
         return dev, st
     out.print("Next, on site:", markup=False)
@@ -245,11 +380,11 @@ def adopt_one(rt: Runtime, mac: str, vendor: str, model: str, site: str, lines: 
 @click.argument("mac", required=False)
 @click.option("--site", default=None, help="Every device of this site (bulk).")
 @click.option("--all", "all_devices", is_flag=True, help="Every device of the inventory (bulk).")
-@click.option("--wait", "wait", type=float, default=None, metavar="S",
+@click.option("--wait", "wait", type=Seconds(0, 86400), default=None, metavar="S",
               help="Wait up to S seconds (per device) for the device to fetch its new config (exit 4 if not).")
 @click.option("--concurrency", type=click.IntRange(1, 256), default=4, show_default=True,
               help="Bulk: at most N devices rotating (and, with --wait, fetching) at once.")
-@click.option("--stagger", type=click.FloatRange(0, 3600), default=1.0, show_default=True, metavar="S",
+@click.option("--stagger", type=Seconds(0, 3600), default=1.0, show_default=True, metavar="S",
               help="Bulk: seconds between the starts of two devices (no boot storm).")
 @click.option("--why", default=None, help="Reason, for the audit log.")
 @click.option("--json", "as_json", is_flag=True)
@@ -287,8 +422,34 @@ def reprovision(rt: Runtime, mac: str | None, site: str | None, all_devices: boo
     if res.notify and not as_json:
         out.print(f"SIP NOTIFY: {res.notify}", markup=False, highlight=False)
     if wait and not res.confirmed:
-        err.print(f"error: {res.mac} did not fetch its new config within {wait:g} s", markup=False)
+        from provisioner.registrar.sync import status
+        rec = status(rt, res.mac) or {}
+        why = (f" (its registrar refused the new passwords: {rec['error']}; it keeps its current config, which "
+               f"works: fix the registrar, then provisioner registrar sync)") if rec.get("error") else ""
+        err.print(f"error: {res.mac} did not fetch its new config within {wait:g} s{why}", markup=False,
+                  highlight=False)
         sys.exit(4)
+
+
+def registrar_not_written(rt: Runtime, macs: list[str]) -> None:
+    """Devices just added whose registrar write failed: say so and exit 1 (their configs are not handed out
+    until the registrar holds their SIP passwords)."""
+    from provisioner.registrar.sync import status
+    failed = []
+    for mac in macs:
+        dev = rt.inventory.device(mac)
+        if dev is None or dev.settings.registrar.kind in (None, "none"):
+            continue
+        rec = status(rt, mac)
+        if rec is None or rec["error"] or rec["write_in_flight"] or rec["held_generation"] is None:
+            failed.append((mac, (rec or {}).get("error") or "not written"))
+    for mac, why in failed:
+        err.print(f"error: {mac} is adopted, but its registrar does not hold its SIP passwords ({why})",
+                  markup=False, highlight=False)
+    if failed:
+        err.print("error: their configs are not handed out until it does. Fix the registrar (provisioner check), "
+                  "then run: provisioner registrar sync", markup=False, highlight=False)
+        sys.exit(1)
 
 
 def _reprovision_bulk(rt: Runtime, macs: list[str], wait: float | None, concurrency: int, stagger: float, why: str,

@@ -33,3 +33,25 @@ class OtpRefused(ProvisionerError):
     """The one-time code was wrong, reused or no second factor is enrolled (exit code 5)."""
 
     exit_code = 5
+
+
+class StateError(ProvisionerError):
+    """The state database (--state / <home>/state.db) cannot be opened or used (exit code 1)."""
+
+    exit_code = 1
+
+
+class OutputError(InputError):
+    """A file or directory given on the command line cannot be written; nothing was written (exit code 2)."""
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of a driver's or the OS's message: names files, hosts, tables; never a bound value."""
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return text[0][:limit] if text else type(exc).__name__
+
+
+def os_message(exc: OSError) -> str:
+    """`path: No such file or directory`, the way the shell says it."""
+    what = exc.strerror or type(exc).__name__
+    return f"{exc.filename}: {what}" if exc.filename else what

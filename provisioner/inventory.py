@@ -84,6 +84,9 @@ class Registrar(Strict):
         Field(default=None, min_length=1)
     context: Token | None = None
     router: Mac | None = None
+    # hand out a config even when this registrar does not hold the SIP passwords in it (default: such a
+    # fetch gets 503 and the device retries; `provisioner devices` and `audit` show it either way)
+    serve_unsynced: bool | None = None
 
 
 class Policy(Strict):
@@ -283,6 +286,7 @@ class ResolvedRegistrar:
     reload_command: tuple[str, ...] | None = None  # run after the include file / ACL table changed
     context: str | None = None  # asterisk: dialplan context of the endpoints
     router: str | None = None  # fritzbox: MAC of the routers: entry the phones register on
+    serve_unsynced: bool = False  # hand out configs whose SIP passwords this registrar does not hold
 
     def __post_init__(self):
         if isinstance(self.reload_command, list):  # hashable: settings are cache keys

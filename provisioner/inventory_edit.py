@@ -16,10 +16,17 @@ from ruamel.yaml.util import load_yaml_guess_indent
 
 from provisioner.inventory import Inventory, load_inventory
 from provisioner.vendors import Catalog
-from provisioner.yamlsrc import round_trip
+from provisioner.yamlsrc import Problem, ProblemsError, round_trip
 
 
-def add_device(path: Path, catalog: Catalog, entry: dict) -> Inventory:
+def add_device(path: Path, catalog: Catalog, entry: dict, write: bool = True) -> Inventory:
+    return add_devices(path, catalog, [entry], write)
+
+
+def add_devices(path: Path, catalog: Catalog, entries: list[dict], write: bool = True) -> Inventory:
+    """The inventory with these devices appended, validated in full; written over `path` only if `write`
+    (else nothing on disk changes: the caller checks what it would mean first). ProblemsError names
+    `path` and the line each problem would be on."""
     y = round_trip()
     text = path.read_text(encoding="utf-8")
     _, indent, block_seq_indent = load_yaml_guess_indent(text)
@@ -29,27 +36,38 @@ def add_device(path: Path, catalog: Catalog, entry: dict) -> Inventory:
     devs = data.get("devices")
     if devs is None:
         devs = data["devices"] = CommentedSeq()
-    node = CommentedMap()
-    for k, v in entry.items():
-        if k == "lines":
-            seq = CommentedSeq()
-            for ln in v:  # one line per SIP line, in flow style, like the bundled inventory
-                m = CommentedMap({k2: DoubleQuotedScalarString(v2) if k2 in ("extension", "auth_user", "number")
-                                  else v2 for k2, v2 in ln.items()})
+    for entry in entries:
+        node = CommentedMap()
+        for k, v in entry.items():
+            if k == "lines":
+                seq = CommentedSeq()
+                for ln in v:  # one line per SIP line, in flow style, like the bundled inventory
+                    m = CommentedMap({k2: DoubleQuotedScalarString(v2) if k2 in ("extension", "auth_user", "number")
+                                      else v2 for k2, v2 in ln.items()})
+                    m.fa.set_flow_style()
+                    seq.append(m)
+                node[k] = seq
+            elif isinstance(v, dict):  # registrar/policy overrides: one flow-style line
+                m = CommentedMap(v)
                 m.fa.set_flow_style()
-                seq.append(m)
-            node[k] = seq
-        else:
-            node[k] = v
-    devs.append(node)
+                node[k] = m
+            else:
+                node[k] = v
+        devs.append(node)
     fd, tmp = tempfile.mkstemp(prefix=".inventory-", suffix=".yaml", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             y.dump(data, f)
-        inv = load_inventory(Path(tmp), catalog)  # raises ProblemsError: nothing replaced
-        mode = path.stat().st_mode & 0o777
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
+        try:
+            inv = load_inventory(Path(tmp), catalog)  # raises ProblemsError: nothing replaced
+        except ProblemsError as e:
+            raise ProblemsError([Problem(str(path), p.line, p.field, p.message) for p in e.problems]) from None
+        if write:
+            mode = path.stat().st_mode & 0o777
+            os.chmod(tmp, mode)
+            os.replace(tmp, path)
+        else:
+            Path(tmp).unlink()
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

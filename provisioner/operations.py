@@ -190,8 +190,19 @@ def _sync_registrars(rt: Runtime, macs: list[str], actor: str) -> None:
     except Exception:
         log.exception("registrar sync of %d device(s) failed; `provisioner registrar sync` retries", len(macs))
         return
-    for r in rep.failed:
-        log.error("registrar of %s not written: %s", r.mac, r.detail)
+    for detail, macs in _by_detail(rep.failed).items():
+        log.error("registrar not written for %s: %s", _some(macs), detail)
+
+
+def _by_detail(repairs) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for r in repairs:
+        out.setdefault(r.detail, []).append(r.mac)
+    return out
+
+
+def _some(macs: list[str], n: int = 3) -> str:
+    return ", ".join(macs[:n]) + (f" and {len(macs) - n} more" if len(macs) > n else "")
 
 
 def device_row(rt: Runtime, st: DeviceState) -> dict:
@@ -208,13 +219,26 @@ def device_row(rt: Runtime, st: DeviceState) -> dict:
             "enrol_expires_at": iso(st.enrol_expires_at), "in_inventory": st.mac in rt.inventory.resolved or router, "kind": "router" if router else "phone"}
 
 
-def list_devices(rt: Runtime) -> list[dict]:
+def list_devices(rt: Runtime, verify_registrar: bool = True) -> list[dict]:
+    """Every device's row; with `verify_registrar`, whether its registrar really accepts its current SIP
+    passwords ("registrar": held | not held | unreachable | none | decommissioned, and why): a device
+    whose registrar does not is not in sync, whatever its config."""
     sync_inventory(rt)
     if rt.inventory.routers:  # routers get their row at first sight too, before their first push
         from provisioner import routers
         for r in rt.inventory.routers.values():
             routers.ensure_row(rt, r, "inventory")
-    return [device_row(rt, st) for st in rt.store.all_devices()]
+    rows = [device_row(rt, st) for st in rt.store.all_devices()]
+    if verify_registrar:
+        from provisioner.registrar.verify import holdings
+        held = holdings(rt)
+        for row in rows:
+            h = held.get(row["mac"])
+            row["registrar"] = h.status if h else None
+            row["registrar_detail"] = (f"{h.registrar}: " if h and h.registrar else "") + (h.detail if h else "")
+            if h and h.bad:
+                row["in_sync"] = False
+    return rows
 
 
 def render_device(rt: Runtime, mac: str, masked: bool = True) -> dict[str, bytes]:
@@ -227,12 +251,110 @@ def render_device(rt: Runtime, mac: str, masked: bool = True) -> dict[str, bytes
     return rt.renderer.device_files(device_context(dev, vendor, creds, masked=masked))
 
 
+# ---- adoption: everything checked before anything is written -----------------------------------------
+
+def render_problem(rt: Runtime, dev: ResolvedDevice) -> str | None:
+    """Why the device's config cannot be rendered on its site (with throwaway secrets), or None."""
+    from provisioner.errors import RenderError
+    vendor = vendor_of(rt.catalog, dev)
+    fake = {n: Secret("Check0nly-" + str(i)) for i, n in enumerate(credential_names(dev, vendor))}
+    try:
+        rt.renderer.device_files(device_context(dev, vendor, fake))
+    except RenderError as e:
+        return _readable(str(e))
+    return None
+
+
+def _readable(text: str) -> str:
+    """A template's deliberate refusal (an undefined ERROR_<words> variable) said in words."""
+    import re
+    m = re.search(r"'ERROR_(\w+)' is undefined", text)
+    if not m:
+        return text
+    return m.group(1).replace("__", "; ").replace("_", " ")
+
+
+FIX_VARIANTS = ({"registrar": {"transport": "udp"}}, {"policy": {"srtp": "optional"}},
+                {"registrar": {"transport": "udp"}, "policy": {"srtp": "optional"}})
+
+
+def _fixes(rt: Runtime, entry: dict, dev: ResolvedDevice) -> list[str]:
+    """What would make the device's config render: a setting on the device, or another profile of the same
+    maker (sharing an OUI) whose models this site can provision."""
+    from provisioner.inventory_edit import add_devices
+    out = []
+    mac = dev.mac
+    s = dev.settings
+    for variant in FIX_VARIANTS:
+        if all(getattr(getattr(s, k), f) == v for k, kv in variant.items() for f, v in kv.items()):
+            continue
+        trial = {**entry, **{k: {**entry.get(k, {}), **v} for k, v in variant.items()}}
+        try:
+            inv = add_devices(rt.inventory_path, rt.catalog, [trial], write=False)
+        except Exception:
+            continue
+        if render_problem(rt, inv.device(mac)) is None:
+            keys = " and ".join(f"`{k}: {{{', '.join(f'{f}: {v}' for f, v in kv.items())}}}`" for k, kv in variant.items())
+            flags = " ".join(f"--{f} {v}" for kv in variant.values() for f, v in kv.items())
+            out.append(f"set {keys} on this device (adopt it with {flags})")
+            break
+    vendor = vendor_of(rt.catalog, dev)
+    for other in sorted(rt.catalog.vendors.values(), key=lambda v: v.name):
+        if other.name == vendor.name or not set(other.ouis) & set(vendor.ouis):
+            continue
+        ok = []
+        for model in other.models:
+            trial = {**entry, "vendor": other.name, "model": model}
+            try:
+                inv = add_devices(rt.inventory_path, rt.catalog, [trial], write=False)
+            except Exception:
+                continue
+            if render_problem(rt, inv.device(mac)) is None:
+                ok.append(model)
+        if ok:
+            out.append(f"if the device is a {other.display_name} ({', '.join(ok)}), adopt it as "
+                       f"--vendor {other.name} --model MODEL: that family is provisioned as the site is")
+    return out
+
+
+def check_adoption(rt: Runtime, entries: list[dict]):
+    """What adopting these inventory entries would do, checked before anything is written, so that a
+    refused adopt changes nothing: the inventory still validates (ProblemsError), every new device's
+    config renders on its site (InputError naming the fix), its registrar can be written (RegistrarError).
+    Returns the inventory the adoption would give."""
+    from provisioner.inventory_edit import add_devices
+    from provisioner.registrar import backend_for
+    inv = add_devices(rt.inventory_path, rt.catalog, entries, write=False)
+    for entry in entries:
+        dev = inv.device(normalize_mac(entry["mac"]))
+        problem = render_problem(rt, dev)
+        if problem:
+            vendor = vendor_of(rt.catalog, dev)
+            fixes = _fixes(rt, entry, dev)
+            raise InputError(f"{dev.mac}: a {vendor.display_name} {dev.model} cannot be provisioned on site {dev.site}: "
+                             f"{problem}; nothing was changed" + ("".join(f"\n  fix: {f}" for f in fixes)))
+    seen = set()
+    for entry in entries:
+        reg = inv.device(normalize_mac(entry["mac"])).settings.registrar
+        if reg.kind in (None, "none") or reg in seen:
+            continue
+        seen.add(reg)
+        try:
+            backend_for(rt, reg).probe()
+        except (RegistrarError, NotImplementedError) as e:
+            raise RegistrarError(f"not adopted, nothing was changed: its registrar cannot be written ({e}); fix it "
+                                 f"(`provisioner check` says what is wrong), then adopt again") from None
+    return inv
+
+
 # ---- registrar ------------------------------------------------------------------------------------
 
-def reconcile(rt: Runtime, macs: Iterable[str] | None = None, actor: str = "system") -> registrar_sync.ReconcileReport:
+def reconcile(rt: Runtime, macs: Iterable[str] | None = None, actor: str = "system",
+              sweep: bool = False) -> registrar_sync.ReconcileReport:
     """Registrars hold what the devices hold: repair writes and switches cut short (serve start-up,
-    `reprovision`, `provisioner registrar sync`). Failures are in the report, never raised."""
-    return registrar_sync.reconcile(rt, None if macs is None else [normalize_mac(m) for m in macs], actor)
+    `reprovision`, `provisioner registrar sync`, which also sweeps the accounts no device owns any more).
+    Failures are in the report, never raised."""
+    return registrar_sync.reconcile(rt, None if macs is None else [normalize_mac(m) for m in macs], actor, sweep)
 
 
 # ---- resync / reset over SIP NOTIFY ---------------------------------------------------------------

@@ -44,6 +44,7 @@ from provisioner.macaddr import colon, normalize_mac
 from provisioner.secret import Secret
 from provisioner.store import utcnow
 from provisioner.vendors import RouterProfile
+from provisioner.yamlsrc import ProblemsError
 
 log = logging.getLogger("provisioner.routers")
 
@@ -235,6 +236,32 @@ def render_files(rt, r: ResolvedRouter, prof: RouterProfile) -> dict[str, bytes]
 
 def make_driver(rt, r: ResolvedRouter, prof: RouterProfile, logins: list[Secret], progress: Progress,
                 on_confirm: Callable[[str], None] | None = None, confirm_timeout: float | None = None):
+    """The router's driver; an option the driver refuses (an account name, a path) is an inventory problem
+    (FILE:LINE, exit 2), found by `provisioner check` before any command needs the driver."""
+    try:
+        return _make_driver(rt, r, prof, logins, progress, on_confirm, confirm_timeout)
+    except (ValueError, TypeError) as e:
+        raise ProblemsError([option_problem(rt, r, str(e))]) from None
+
+
+def option_problem(rt, r: ResolvedRouter, message: str):
+    inv = rt.inventory
+    return inv.source.problem(("routers", inv.router_index.get(r.mac, 0), "options"), message)
+
+
+def driver_problems(rt) -> list:
+    """Every router's driver built once (no connection): what its options would make it refuse."""
+    out = []
+    for r in rt.inventory.routers.values():
+        try:
+            make_driver(rt, r, profile_of(rt, r), [], _quiet)
+        except ProblemsError as e:
+            out += e.problems
+    return out
+
+
+def _make_driver(rt, r: ResolvedRouter, prof: RouterProfile, logins: list[Secret], progress: Progress,
+                 on_confirm: Callable[[str], None] | None = None, confirm_timeout: float | None = None):
     cls = get_driver(prof.driver)
     common = dict(home=rt.home, progress=progress, label=label_of(r, prof),
                   forget_hint=f"provisioner routers forget-key {r.mac}")

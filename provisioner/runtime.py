@@ -10,7 +10,10 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+from sqlalchemy.engine import make_url
+
 from provisioner.crypto import Keyring, load_or_create_key
+from provisioner.errors import InputError, StateError, first_line, os_message
 from provisioner.inventory import Inventory, load_inventory
 from provisioner.render import Renderer
 from provisioner.store import Store
@@ -32,6 +35,43 @@ def secure_home(home: Path) -> Path:
     home.mkdir(parents=True, exist_ok=True)
     os.chmod(home, 0o700)
     return home
+
+
+def state_label(url: str) -> str:
+    """The state database's URL as an operator may see it (no password)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "(unreadable URL)"
+
+
+def open_store(url: str, keyring: Keyring, from_option: bool = True) -> Store:
+    """Store.open with the failures an operator can fix said in one line: a URL that is not one (exit 2),
+    a database that cannot be reached or is not a database (exit 1)."""
+    import sqlalchemy as sa
+    where = "--state" if from_option else "state database"
+    try:
+        parsed = make_url(url)
+    except sa.exc.ArgumentError:
+        raise InputError(f"{where}: {url!r} is not a database URL (sqlite:///PATH or "
+                         f"postgresql+psycopg://USER@HOST/DATABASE)") from None
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise InputError(f"{where}: {parsed.get_backend_name()!r} databases are not supported (SQLite or PostgreSQL)")
+    label = state_label(url)
+    try:
+        return Store.open(url, keyring)
+    except (sa.exc.NoSuchModuleError, ImportError):
+        raise InputError(f"{where}: no driver for {parsed.drivername!r} (use postgresql+psycopg://…)") from None
+    except sa.exc.DatabaseError as e:
+        msg = first_line(e)
+        if "file is not a database" in msg or "database disk image is malformed" in msg:
+            raise StateError(f"state database {label} is damaged or not a database ({msg}): restore it from a "
+                             f"backup, or move it away to start with an empty one") from None
+        raise StateError(f"state database {label}: {msg}") from None
+    except sa.exc.SQLAlchemyError as e:
+        raise StateError(f"state database {label}: {first_line(e)}") from None
+    except OSError as e:
+        raise StateError(f"state database {label}: {os_message(e)}") from None
 
 
 @dataclass
@@ -82,7 +122,7 @@ class Runtime:
     @cached_property
     def store(self) -> Store:
         secure_home(self.home)
-        return Store.open(self.url, self.keyring)
+        return open_store(self.url, self.keyring, from_option=self.state_url is not None)
 
     def setup_logging(self, verbose: bool = False) -> None:
         """Log to <home>/logs/provisioner.log (0600) and stderr. Nothing logged ever holds a secret."""

@@ -23,6 +23,74 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 PROVISIONER = [sys.executable, "-m", "provisioner"]
 IN_CI = os.environ.get("CI") == "true"
 
+# ---- skips -----------------------------------------------------------------------------------------
+# A skip hides a test that did not run. Locally that is fine (a peer such as kamailio is not installed);
+# in CI it means CI did not install what the suite needs, so with CI=true (set by .ci/run and by
+# `make test-ci`) every skip is turned into a failure: pytest.skip, skipif markers, importorskip, at
+# collection or in a test. A test whose case can never run anywhere declares it with a reason that starts
+# with "permanent:", e.g. pytest.skip("permanent: FRITZ!OS 7.57 has no TLS port") (`skip_permanently`);
+# those stay skips. The summary line "skips: N (permanent: M)" ends every run.
+PERMANENT = "permanent:"
+
+
+def skip_permanently(reason: str) -> None:
+    """A skip that CI accepts: this case can never run (not: a peer is missing here)."""
+    pytest.skip(f"{PERMANENT} {reason}")
+
+
+def _skip_reason(rep) -> str:
+    lr = rep.longrepr
+    if isinstance(lr, tuple) and len(lr) == 3:
+        return str(lr[2]).removeprefix("Skipped: ")
+    return str(lr or "")
+
+
+_skips = {"all": 0, "permanent": 0, "failed": 0}
+
+
+def _judge_skip(rep) -> None:
+    if not rep.skipped or hasattr(rep, "wasxfail"):
+        return
+    reason = _skip_reason(rep)
+    _skips["all"] += 1
+    if reason.startswith(PERMANENT):
+        _skips["permanent"] += 1
+    elif IN_CI:
+        _skips["failed"] += 1
+        rep.outcome = "failed"
+        rep.longrepr = (f"skipped in CI: {reason}\n(with CI=true a skip is a failure unless its reason starts "
+                        f"with {PERMANENT!r}; see tests/conftest.py)")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    _judge_skip(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield  # a module-level skip or importorskip skips a whole file at collection
+    _judge_skip(outcome.get_result())
+
+
+def pytest_terminal_summary(terminalreporter):
+    s = _skips
+    terminalreporter.write_line(f"skips: {s['all']} (permanent: {s['permanent']}"
+                                + (f"; failed because CI=true: {s['failed']})" if IN_CI else ")"))
+
+
+def run_last(test):
+    """Run this test after every other test of the session, whatever the order pytest collected them in
+    (or a plugin shuffled them into): the secret-leak scan reads what every other test left behind."""
+    test.run_last = True
+    return test
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: getattr(getattr(item, "function", None), "run_last", False))  # stable
+
 
 def need(*binaries: str) -> None:
     """Skip locally when a Debian peer is missing; in CI a missing peer is a failure (.ci/run installs it)."""

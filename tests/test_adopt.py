@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import Home, start_server, ua_for
+from conftest import Home, poll, start_server, ua_for
 
 
 def test_adopt_keeps_comments_and_opens_enrolment(home: Home):
@@ -60,9 +60,10 @@ def test_adopt_while_serving_takes_effect_without_restart(home: Home):
         assert status == 200
         # a broken edit is ignored: the running inventory stays in force
         home.inventory.write_text(home.inventory.read_text() + "\nbroken: [\n")
-        time.sleep(2)
+        log = next(home.capture.glob("serve-*.log"))
+        assert "inventory change ignored" in poll(log.read_text, lambda t: "inventory change ignored" in t,
+                                                  timeout=15)
         assert srv.curl("y000000000000.cfg", "Yealink SIP-T46S 66.86.0.15")[0] == 200
         assert srv.proc.poll() is None
     finally:
         srv.stop()
-    assert "inventory change ignored" in next(home.capture.glob("serve-*.log")).read_text()

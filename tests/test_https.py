@@ -92,6 +92,10 @@ def test_expired_enrolment_window(home: Home):
         assert srv.curl(FILE, ua_for(MAC))[0] == 401
     finally:
         srv.stop()
+    # 401 is what every refusal looks like from outside: the recorded reason says which one it was
+    reasons = poll(lambda: [r for (r,) in sqlite3.connect(home.path / "state.db").execute(
+        "select reason from fetch_events where mac = ?", (MAC,))], bool, timeout=10)
+    assert reasons == ["enrolment window expired; reopen it with adopt/reset"]
 
 
 def test_unknown_file_names_and_traversal(server: Server):

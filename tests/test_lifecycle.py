@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, urlparse
 import pyotp
 import pytest
 
-from conftest import PROVISIONER, REPO, Home, start_server
+from conftest import PROVISIONER, REPO, Home, poll, start_server
 from kamailio.peer import (need_peers, NotifyPhone, Phone, kamailio_inventory, refused, registers, start_kamailio)
 from provisioner.runtime import Runtime
 
@@ -53,8 +53,10 @@ def secrets_of(home: Home) -> set[str]:
     return {st.keyring.open(r.sealed, f"{r.mac}|{r.name}|{r.generation}").reveal() for r in rows}
 
 
-def settle() -> None:
-    time.sleep(1.1)  # the server reuses a device row for up to a second after a change made elsewhere
+def fetch_until(phone: Phone, srv, expect: int, anonymous: bool = False) -> int:
+    """The server reuses a device's row for up to a second after a change made elsewhere: fetch until the
+    answer is `expect` (bounded, a few requests), and return the last answer."""
+    return poll(lambda: phone.fetch(srv, anonymous=anonymous), lambda s: s == expect, timeout=10, every=0.4)
 
 
 def test_remote_reset_with_sip_notify(home: Home, kam, tmp_path):
@@ -81,8 +83,7 @@ def test_remote_reset_with_sip_notify(home: Home, kam, tmp_path):
         assert rc == 0 and events == ["check-sync"]
         assert refused(kam, user, old), "the old password is refused from the reset on"
         fresh = Phone(MAC)  # factory-fresh: no credentials, first fetch from the site enrols it
-        settle()
-        assert fresh.fetch(srv) == 200
+        assert fetch_until(fresh, srv, 200) == 200
         out, err = proc.communicate(timeout=40)
         assert proc.returncode == 0, err
         res = json.loads(out)
@@ -114,9 +115,8 @@ def test_guided_reset_revoke_decommission(home: Home, kam):
         assert r.returncode == 4 and "Hold the OK key" in r.stdout and "did not come back" in r.stderr
         assert store(home).device(MAC).state == "reset-pending"
         assert refused(kam, user, pw1)
-        settle()
         phone = Phone(MAC)  # factory-fresh: enrols again with the new generation
-        assert phone.fetch(srv) == 200
+        assert fetch_until(phone, srv, 200) == 200
         _, pw2 = phone.line(1)
         assert registers(kam, user, pw2) and store(home).device(MAC).state == "provisioned"
         stale = Phone(MAC)
@@ -127,8 +127,7 @@ def test_guided_reset_revoke_decommission(home: Home, kam):
         res = json.loads(r.stdout)
         assert res["state"] == "enrolling" and res["generation"] == 3
         assert refused(kam, user, pw2)
-        settle()
-        assert phone.fetch(srv) == 200  # its anonymous first request falls in the reopened window
+        assert fetch_until(phone, srv, 200, anonymous=True) == 200  # its first request: the reopened window
         _, pw3 = phone.line(1)
         assert registers(kam, user, pw3) and refused(kam, user, pw2)
         assert stale.fetch(srv) == 401  # and HTTPS refuses the revoked provisioning credentials
@@ -138,8 +137,7 @@ def test_guided_reset_revoke_decommission(home: Home, kam):
         assert json.loads(r.stdout)["state"] == "decommissioned"
         assert "101" not in kam.rows() and "102" not in kam.rows() and "103" in kam.rows()
         assert refused(kam, user, pw3)
-        settle()
-        assert phone.fetch(srv) == 401 and Phone(MAC).fetch(srv) == 401
+        assert fetch_until(phone, srv, 401) == 401 and Phone(MAC).fetch(srv) == 401
         # exit codes
         assert home.cli("reprovision", MAC).returncode == 2  # decommissioned
         assert home.cli("reset", MAC).returncode == 2
@@ -223,8 +221,7 @@ def test_unlock(home: Home, kam):
         assert home.cli("reprovision", MAC).returncode == 2
         r = home.cli("unlock", MAC, "--why", "phone moved back", "--json", check=True)
         assert json.loads(r.stdout)["state"] == "provisioned"
-        settle()
-        assert phone.fetch(srv) == 200
+        assert fetch_until(phone, srv, 200) == 200
         user, pw = phone.line(1)
         assert registers(kam, user, pw)
         e = store(home).audit_entries(MAC, limit=5)

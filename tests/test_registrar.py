@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from conftest import PROVISIONER, REPO, Home, need, start_server
-from kamailio.peer import (need_peers, NotifyPhone, Phone, kamailio_inventory, refused, registers, sipp_register,
-                           start_kamailio)
+from kamailio.peer import (need_peers, NotifyPhone, Phone, forbidden, kamailio_inventory, refused, registers,
+                           sipp_register, start_kamailio)
 from provisioner.inventory import LineSpec, ResolvedDevice, ResolvedRegistrar
 from provisioner.registrar import RegistrarError
 from provisioner.registrar.asterisk import AsteriskRegistrar, md5_cred
@@ -504,7 +504,7 @@ def test_site_networks_become_the_registrars_access_list(home: Home, tmp_path):
         r = home.cli("registrar", "sync", check=True)
         assert "exported (10.20.0.0/16; sites lab)" in r.stderr
         assert acl_rows() == {(1, "10.20.0.0", 16, "provisioner:lab"), (2, "10.99.0.0", 16, "office")}
-        assert not registers(k, "101", sip)  # 403 at once: the password is not even looked at
+        assert forbidden(k, "101", sip)  # 403 at once: the password is not even looked at
         assert "outside the sites' networks" in (k.dir / "kamailio.log").read_text()
         assert "unchanged" in home.cli("registrar", "sync", check=True).stderr
     finally:

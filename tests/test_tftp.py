@@ -23,7 +23,8 @@ def test_bootstrap_over_tftp_has_no_secret(server: Server, tmp_path: Path):
 def test_unknown_mac_gets_the_same_bootstrap(server: Server, tmp_path: Path):
     a = server.tftp("805ec0123456.cfg", tmp_path / "a")
     b = server.tftp("805ec0abcdef.cfg", tmp_path / "b")
-    assert a == b
+    assert a is not None and a.startswith(b"#!version:1.0.0.1"), "the known MAC gets the bootstrap"
+    assert b == a, "an unknown MAC gets the very same bytes"
 
 
 def test_ca_and_common_file_and_refusals(server: Server, tmp_path: Path):
@@ -66,4 +67,5 @@ def test_an_upload_cannot_replace_what_phones_get(server: Server, tmp_path: Path
                         "805ec0123456.cfg"], capture_output=True, text=True, timeout=30, cwd=tmp_path)
     assert "Error" in r.stdout + r.stderr, "the server must refuse the write request"
     after = server.tftp("805ec0123456.cfg", tmp_path / "after")
+    assert before is not None and before.startswith(b"#!version:1.0.0.1")
     assert after == before and b"evil.example" not in after

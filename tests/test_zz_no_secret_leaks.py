@@ -1,7 +1,8 @@
-"""After the whole flow (and every test before this one), no generated secret is in any log, captured
-provisioner output, or the raw bytes of a state database.
+"""After the whole flow (and every other test of the session), no generated secret is in any log,
+captured provisioner output, or the raw bytes of a state database.
 
-Named zz so that pytest runs it last and it can scan every --home the session created.
+`run_last` (tests/conftest.py) runs it after every other test whatever the order, so that it scans every
+--home the session created; run alone, it scans the homes of its own flow.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from conftest import Home, kv, start_server, ua_for
+from conftest import Home, kv, run_last, start_server, ua_for
 from provisioner.crypto import Keyring, load_or_create_key
 from provisioner.store import make_engine
 from provisioner.store.schema import credentials
@@ -61,6 +62,7 @@ def _scanned_files(base: Path, capture: Path, homes: list[Path]) -> list[Path]:
     return files
 
 
+@run_last
 def test_no_generated_secret_anywhere(home: Home, tmp_path: Path, capture_dir: Path, tmp_path_factory):
     _full_flow(home, tmp_path)
     base = tmp_path_factory.getbasetemp()

@@ -64,7 +64,7 @@ def list_(rt, as_json: bool):
 
 
 @tokens.command("revoke")
-@click.argument("token_id", type=int)
+@click.argument("token_id", type=click.IntRange(1, 2**63 - 1))
 @click.pass_obj
 def revoke(rt, token_id: int):
     """Revoke a token at once; its jobs that have not started are cancelled."""

@@ -10,16 +10,20 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from provisioner.cli import actor, cli, out
+from provisioner.cli import actor, cli, out, writable_file
+from provisioner.errors import OutputError
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)  # reports and metrics hold no secret; node_exporter and browsers must read them
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)  # reports and metrics hold no secret; node_exporter and browsers must read them
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 @cli.command()
@@ -30,24 +34,30 @@ def _write_atomic(path: Path, text: str) -> None:
               help="Write Prometheus metrics for node_exporter's textfile collector.")
 @click.option("--probe-defaults", is_flag=True,
               help="Try each vendor's factory web login on devices on their site networks (opt-in, logged).")
-@click.option("--probe-port", type=int, default=None, help="Port of the phones' web UI (default: the scheme's).")
+@click.option("--probe-port", type=click.IntRange(1, 65535), default=None, help="Port of the phones' web UI (default: the scheme's).")
 @click.option("--probe-scheme", type=click.Choice(["http", "https"]), default="http", show_default=True)
 @click.pass_obj
 def audit(rt, json_out, html_out, textfile, probe_defaults, probe_port, probe_scheme):
     """Compare every device with what it should be: drift, stale, firmware, overrides, policy, defaults."""
     from provisioner import audit as auditing
+    # every output is checked before anything runs: a typo in a path changes nothing (exit 2)
+    for option, path in (("--json", None if json_out in (None, "-") else Path(json_out)), ("--html", html_out),
+                         ("--textfile", textfile)):
+        if path is not None:
+            writable_file(path, option)
     probe = auditing.default_credentials_probe(probe_port, probe_scheme) if probe_defaults else None
     if probe_defaults:
         rt.store.audit(actor(), "audit.probe-defaults", None, "operator asked for the factory-default probe")
     report = auditing.run_audit(rt, probe=probe)
     if json_out == "-":
         click.echo(auditing.write_json(report))
-    elif json_out:
-        _write_atomic(Path(json_out), auditing.write_json(report))
-    if html_out:
-        _write_atomic(html_out, auditing.to_html(report))
-    if textfile:
-        _write_atomic(textfile, auditing.metrics_text(report))
+    for option, path, text in (("--json", None if json_out in (None, "-") else Path(json_out), auditing.write_json),
+                               ("--html", html_out, auditing.to_html), ("--textfile", textfile, auditing.metrics_text)):
+        if path is not None:
+            try:
+                _write_atomic(path, text(report))
+            except OSError as e:
+                raise OutputError(f"{option} {path}: {e.strerror or type(e).__name__}") from None
     if json_out != "-":
         _print(report)
     sys.exit(3 if report.counted else 0)

@@ -14,7 +14,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 from rich.text import Text
 
-from provisioner.cli import cli, err, out
+from provisioner.cli import Seconds, cli, err, out
 from provisioner.errors import InputError
 
 ADOPT_WINDOW_HOURS = 24.0  # what --all-discovered and `adopt MAC` look back on
@@ -117,7 +117,12 @@ def _options(rt, subnets, interfaces, timeout, probes, communities, snmp_credent
     if snmp_credentials is not None:
         creds = creds.merged(load_snmp_credentials(snmp_credentials))
     if communities:
-        creds = creds.merged(SnmpCredentials(communities=list(communities)))
+        from pydantic import ValidationError
+        try:
+            creds = creds.merged(SnmpCredentials(communities=list(communities)))
+        except ValidationError as e:
+            first = e.errors(include_url=False, include_input=False)[0]
+            raise InputError(f"--community: {first['msg'].removeprefix('Value error, ')}") from None
     opts = Options.from_config(cfg, probes=tuple(probes), subnets=subnets, interfaces=interfaces, timeout=timeout,
                                snmp=creds, snmp_timeout=snmp_timeout, snmp_retries=snmp_retries,
                                snmp_concurrency=concurrency, auto_enrol_sites=auto_enrol_sites(inv))
@@ -135,13 +140,13 @@ def _options(rt, subnets, interfaces, timeout, probes, communities, snmp_credent
 @click.option("--passive", is_flag=True, help="Devices that asked this server for a config (not in inventory).")
 @click.option("--interface", "interfaces", multiple=True, metavar="IP",
               help="Address of this machine to listen and send on (repeat; default: all).")
-@click.option("--timeout", type=click.FloatRange(0.5, 300), default=None, metavar="S",
+@click.option("--timeout", type=Seconds(0.5, 300), default=None, metavar="S",
               help="How long the listeners run (default 5 s, or discovery.timeout).")
 @click.option("--community", "communities", multiple=True, metavar="NAME",
               help="SNMP v2c community (repeat; default 'public'). Prefer --snmp-credentials: a command line is visible to others.")
 @click.option("--snmp-credentials", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
               help="YAML with communities and v3 users (0600); also discovery.snmp.credentials_file.")
-@click.option("--snmp-timeout", type=click.FloatRange(0.1, 30), default=None, metavar="S")
+@click.option("--snmp-timeout", type=Seconds(0.1, 30), default=None, metavar="S")
 @click.option("--snmp-retries", type=click.IntRange(0, 5), default=None)
 @click.option("--concurrency", type=click.IntRange(1, 4096), default=None, help="SNMP addresses in flight.")
 @click.option("--json", "as_json", is_flag=True, help="JSON array for scripts.")
@@ -295,14 +300,21 @@ def adopt_all_discovered(rt, site: str, first_extension: int | None, assume_yes:
     for (mac, ip, vendor, model, by), ext in zip(plan, exts):
         t.add_row(*(Text(x) for x in (mac, ip or "?", vendor, model, by, ext)))
     out.print(t)
+    from provisioner.cli import adoption_entry, registrar_not_written
+    from provisioner.operations import check_adoption
+
+    def line(vendor: str, model: str, ext: str) -> list[dict]:
+        return [{"extension": ext, "display_name": f"{rt.catalog.get(vendor).display_name} {model}"[:64]}]
+    # all of them checked before the first is written: one that cannot be provisioned refuses them all
+    check_adoption(rt, [adoption_entry(mac, vendor, model, site, line(vendor, model, ext))
+                        for (mac, ip, vendor, model, by), ext in zip(plan, exts)])
     if not assume_yes:  # no answer (end of input) aborts: nothing is written
         click.confirm(f"Adopt these {len(plan)} device(s) into {rt.inventory_path}?", default=False, abort=True,
                       err=True)
     done = []
     for (mac, ip, vendor, model, by), ext in zip(plan, exts):
-        display = f"{rt.catalog.get(vendor).display_name} {model}"[:64]
-        dev, st = adopt_one(rt, mac, vendor, model, site, [{"extension": ext, "display_name": display}], None,
-                            why=f"adopt --all-discovered (found by {by})", next_steps=False)
+        dev, st = adopt_one(rt, mac, vendor, model, site, line(vendor, model, ext), None,
+                            why=f"adopt --all-discovered (found by {by})", next_steps=False, checked=True)
         done.append((dev, st))
     dev, st = done[-1]
     _print("Next, on site:")
@@ -312,3 +324,4 @@ def adopt_all_discovered(rt, site: str, first_extension: int | None, assume_yes:
            f"LAN, else by DHCP option 66 or their web UI.")
     _print(f"  3. Each first fetch before {st.enrol_expires_at:%Y-%m-%d %H:%M} UTC enrols the phone; "
            f"check with: provisioner devices")
+    registrar_not_written(rt, [dev.mac for dev, _ in done])

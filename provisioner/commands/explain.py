@@ -55,6 +55,9 @@ HINTS: list[tuple[int, str, str]] = [
     (403, "", "the source address is banned after repeated failures; the ban lifts by itself"),
     (429, "", "too many failed requests from this source; it may retry later (Retry-After)"),
     (500, "", "the config could not be rendered: run `provisioner check` and `provisioner render MAC`"),
+    (503, "registrar", "its registrar does not hold the SIP passwords of that config, so it was not handed out "
+                       "(the phone retries): fix the registrar (`provisioner check`), then `provisioner registrar "
+                       "sync`"),
 ]
 
 
@@ -108,6 +111,11 @@ def explain_device(rt, mac: str, limit: int = 10) -> dict:
                            "last_ip": st.last_ip, "last_user_agent": st.last_ua,
                            "config_current": bool(st.served_hash and st.served_hash == st.desired_hash),
                            "rotation_pending": bool(st.pending_hash), "lock_reason": st.lock_reason}
+        if inv_dev is not None:  # what the registrar really holds, not what was written to it
+            from provisioner.registrar.verify import holdings
+            h = holdings(rt, [mac]).get(mac)
+            result["state"]["registrar"] = {"status": h.status, "registrar": h.registrar, "detail": h.detail} \
+                if h else None
     idents = [identify(catalog, Evidence(user_agent=r["user_agent"], filename=r["filename"])) for r in fetches]
     for r, ident in zip(fetches, idents):
         row = {"at": r["at"].isoformat() if r["at"] else None, "source_ip": r["source_ip"],
@@ -166,11 +174,20 @@ def _conclude(res: dict, inv_dev, st) -> list[str]:
         elif st.state == "decommissioned":
             says.append("decommissioned: refused on purpose")
         elif st.state == "enrolling":
-            says.append("enrolment window open: its first fetch from the site's networks gets its credentials")
+            reg = (res["state"] or {}).get("registrar") or {}
+            says.append("enrolment window open: its first fetch from the site's networks gets its credentials"
+                        + (" once its registrar holds them" if reg.get("status") in ("not held", "unreachable")
+                           else ""))
         if st.pending_hash:
             says.append("a credential rotation waits for the device to fetch its new config (old one still works)")
         if st.last_seen is None:
             says.append("it never fetched its config from us")
+        reg = (res["state"] or {}).get("registrar")
+        if reg and reg["status"] in ("not held", "unreachable"):
+            says.append(f"its registrar{' ' + reg['registrar'] if reg['registrar'] else ''} does not accept its "
+                        f"current SIP password ({reg['detail']}): it cannot register, and a config it does not "
+                        f"hold yet is not handed out (503); fix the registrar (`provisioner check`), then "
+                        f"`provisioner registrar sync`")
     if not res["requests"]:
         says.append("no request from it is on record: check DHCP option 66 / SIP PnP / its provisioning URL")
     else:
@@ -202,6 +219,10 @@ def explain(rt, mac: str, limit: int, as_json: bool):
         s = res["state"]
         head += f"; state {s['state']} (credential generation {s['generation']})"
         head += "; config current" if s["config_current"] else "; config not fetched since it last changed"
+        reg = s.get("registrar")
+        if reg and reg["status"] not in ("none", "decommissioned"):
+            head += ("; registrar holds its SIP password" if reg["status"] == "held"
+                     else f"; registrar does NOT hold its SIP password ({reg['status']})")
     out.print(head, markup=False, highlight=False)
     out.print("identified:", markup=False)
     for line in res["identified"] or ["nothing identifies it yet"]:

@@ -15,7 +15,8 @@ import click
 from rich.table import Table
 
 from provisioner import operations as ops
-from provisioner.cli import actor, cli, err, out
+from provisioner.cli import Seconds, actor, cli, err, out
+from provisioner.errors import InputError
 
 
 def _show(res, as_json: bool) -> None:
@@ -50,7 +51,7 @@ def unlock(rt, mac, why, as_json):
 @cli.command()
 @click.argument("mac")
 @click.option("--why", default="factory reset requested", show_default=True)
-@click.option("--wait", "wait", type=click.FloatRange(0, 86400), default=None, metavar="S",
+@click.option("--wait", "wait", type=Seconds(0, 86400), default=None, metavar="S",
               help="Wait up to S seconds for the device to come back and enrol (exit 4 if it does not).")
 @click.option("--enrol-from", "enrol_from", default="last", show_default=True, metavar="last|site|ADDRESS",
               help="Where the reopened window accepts the device from: its last known address, any address "
@@ -194,10 +195,11 @@ def registrar():
 @click.pass_obj
 def registrar_sync(rt, as_json):
     """Bring every registrar in line with the credentials the devices hold (repairs writes and switches
-    that were cut short); exit 1 if a registrar could not be written."""
+    that were cut short; removes the accounts provisioner wrote that no device owns any more); exit 1 if a
+    registrar could not be written."""
     from provisioner.registrar import acl
     ops.sync_inventory(rt, actor())
-    rep = ops.reconcile(rt, actor=actor())
+    rep = ops.reconcile(rt, actor=actor(), sweep=True)
     acls = acl.export(rt, actor())
     for a in acls:  # on stderr: --json's stdout stays the list of device repairs
         err.print(f"access list of {a.registrar}: {a.outcome} ({', '.join(a.networks) or 'no network'}; "
@@ -223,45 +225,31 @@ def registrar_sync(rt, as_json):
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def registrar_list(rt, site, as_json):
-    """Accounts on each registrar and the device (and generation) they belong to; no passwords."""
-    from provisioner.registrar import accounts, registrar_for
-    from provisioner.registrar.sync import status
+    """Accounts on each registrar, the device (and generation) they belong to, and whether the registrar
+    takes that device's current SIP password; accounts the inventory expects but the registrar lacks, and
+    accounts provisioner wrote that no device owns any more. No passwords. Exit 1 if a registrar could
+    not be read."""
+    from provisioner.registrar.verify import account_rows
+    if site is not None and site not in rt.inventory.sites:
+        raise InputError(f"unknown site {site!r} (known: {', '.join(sorted(rt.inventory.sites)) or 'none'})")
     ops.sync_inventory(rt, actor())
-    backends: dict = {}
-    for dev in rt.inventory.resolved.values():
-        if (site and dev.site != site) or dev.settings.registrar.kind in (None, "none"):
-            continue
-        try:
-            b = registrar_for(rt, dev)
-        except Exception as e:
-            err.print(f"{dev.site}: {e}", markup=False)
-            continue
-        entry = backends.setdefault(b.target(), (b, {}))
-        for user, _ in accounts(dev):
-            entry[1][user] = dev.mac
-    rows = []
-    for target, (b, owners) in sorted(backends.items()):
-        try:
-            accts = b.list()
-        except Exception as e:
-            err.print(f"{b.label}: {e}", markup=False)
-            continue
-        for a in accts:
-            mac = owners.get(a["username"])
-            st = status(rt, mac) if mac else None
-            dst = rt.store.device(mac) if mac else None
-            rows.append({"registrar": b.label, "username": a["username"], "domain": a.get("domain"), "device": mac,
-                         "held_generation": st and st["held_generation"],
-                         "device_generation": dst.generation if dst else None,
-                         "in_sync": bool(st and dst and st["held_generation"] == dst.generation
-                                         and not st["write_in_flight"])})
+    rows, errors = account_rows(rt, site)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
-        return
-    t = Table(title=f"{len(rows)} registrar accounts", title_justify="left")
-    for col in ("registrar", "user", "domain", "device", "generation", "in sync"):
-        t.add_column(col)
-    for r in rows:
-        t.add_row(r["registrar"], r["username"], r["domain"] or "", r["device"] or "(no inventory line)",
-                  str(r["held_generation"] or "-"), "yes" if r["in_sync"] else "no")
-    out.print(t)
+    else:
+        t = Table(title=f"{len(rows)} registrar accounts", title_justify="left")
+        for col in ("registrar", "user", "domain", "device", "generation", "status"):
+            t.add_column(col, overflow="fold")
+        for r in rows:
+            t.add_row(r["registrar"], r["username"], r["domain"] or "",
+                      r["device"] or (f"(was {r['written_for']})" if r["written_for"] else "(no inventory line)"),
+                      str(r["held_generation"] or "-"), r["status"])
+        out.print(t)
+    for where, problem in errors:
+        err.print(f"error: {where}: {problem}", markup=False, highlight=False)
+    if errors:
+        err.print("error: the accounts above are not the whole picture; fix the registrar (provisioner check)",
+                  markup=False, highlight=False)
+        sys.exit(1)
+    if any(r["status"] != "held" for r in rows):
+        err.print("some accounts are not what the devices hold: provisioner registrar sync", markup=False)

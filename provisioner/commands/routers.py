@@ -25,7 +25,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from provisioner.cli import actor, cli, err, out
+from provisioner.cli import Seconds, actor, cli, err, out
 
 
 def _progress():
@@ -62,7 +62,7 @@ def _drift_table(drift, title: str) -> Table:
 @click.option("--rotate", is_flag=True, help="New passwords for all the agent generates (handsets, config "
                                              "password, router accounts).")
 @click.option("--force", is_flag=True, help="Write everything, even what the store says the router holds.")
-@click.option("--confirm-timeout", type=click.FloatRange(0.1, 3600), default=None, metavar="S",
+@click.option("--confirm-timeout", type=Seconds(0.1, 3600), default=None, metavar="S",
               help="How long a technician has to confirm at a FRITZ!Box (error 866); default from the profile.")
 @click.pass_obj
 def push_cmd(rt, mac: str, as_json: bool, rotate: bool, force: bool, confirm_timeout: float | None):
@@ -188,7 +188,7 @@ def render_cmd(rt, mac: str):
 
 @routers.command("reboot")
 @click.argument("mac")
-@click.option("--confirm-timeout", type=click.FloatRange(0.1, 3600), default=None, metavar="S")
+@click.option("--confirm-timeout", type=Seconds(0.1, 3600), default=None, metavar="S")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def reboot_cmd(rt, mac: str, confirm_timeout: float | None, as_json: bool):
@@ -201,7 +201,7 @@ def reboot_cmd(rt, mac: str, confirm_timeout: float | None, as_json: bool):
 
 @routers.command("reset")
 @click.argument("mac")
-@click.option("--confirm-timeout", type=click.FloatRange(0.1, 3600), default=None, metavar="S")
+@click.option("--confirm-timeout", type=Seconds(0.1, 3600), default=None, metavar="S")
 @click.option("--yes", "-y", "assume_yes", is_flag=True, help="Do not ask.")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj

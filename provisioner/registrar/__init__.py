@@ -82,6 +82,39 @@ class Registrar(ABC):
         """Whether the registrar accepts exactly these passwords for the device's lines (None: cannot tell)."""
         return None
 
+    def holds_many(self, items: Iterable[tuple[ResolvedDevice, Mapping[str, Secret]]]) -> dict[str, bool | None]:
+        """`holds` for several devices (backends override it to read once)."""
+        return {dev.mac: self.holds(dev, secrets) for dev, secrets in items}
+
+    def probe(self) -> str:
+        """Check that the registrar can be reached and written, changing nothing; what was checked, or
+        RegistrarError. Backends that cannot test a write without making one read instead and say so."""
+        self.list()
+        return "reachable (writes not tested)"
+
+    def tagged(self) -> list[dict] | None:
+        """The accounts this project wrote there ({"username", "domain", "device"}), whatever the inventory
+        says now; None when the backend cannot tell them from others."""
+        return None
+
+    def remove_accounts(self, pairs: Iterable[tuple[str, str]]) -> None:
+        """Remove accounts by (SIP user, domain) (orphans: a domain that changed, a device that left)."""
+        self.remove_users(u for u, d in pairs if d == getattr(self, "domain", d))
+
+    def prune_many(self, keep: Mapping[str, set[tuple[str, str]]]) -> dict[str, list[tuple[str, str]]]:
+        """For each device (MAC), remove the accounts written for it other than `keep[mac]` (its accounts
+        now, as `account_keys` names them); what went, per device. Backends that write a device's accounts
+        as one unit (a file block, the box's whole client list) have nothing left over."""
+        return {}
+
+    def account_keys(self, dev: ResolvedDevice) -> set[tuple[str, str]]:
+        """(SIP user, domain) of the device's accounts here, as `tagged` names them."""
+        return {(u, getattr(self, "domain", "") or "") for u, _ in accounts(dev)}
+
+    def store_key(self) -> str:
+        """Where the accounts live (one database, one file, one box), whatever the domain."""
+        return self.target()
+
     def contacts(self, dev: ResolvedDevice) -> list[tuple[str, int]]:
         """Where the device's lines registered from, newest first, if the registrar tells (for NOTIFY)."""
         return []
@@ -180,3 +213,10 @@ def prepare_switch(rt, dev: ResolvedDevice, pending: Mapping[str, Secret]) -> bo
     config) if it fails or the rotation changed meanwhile. See sync.prepare_switch."""
     from provisioner.registrar import sync
     return sync.prepare_switch(rt, dev, pending)
+
+
+def ensure_held(rt, dev: ResolvedDevice) -> str | None:
+    """Before a device gets a config it does not hold yet: None when its registrar holds the SIP passwords
+    in it (written now if needed), else the problem. See sync.ensure_held."""
+    from provisioner.registrar import sync
+    return sync.ensure_held(rt, dev)

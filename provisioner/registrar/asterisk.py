@@ -211,12 +211,51 @@ class AsteriskRegistrar(Registrar):
         return [{"username": a["username"], "domain": a["realm"], "endpoint": a["endpoint"], "device": mac}
                 for mac, body in sorted(blocks.items()) for a in _auths(body)]
 
+    def tagged(self) -> list[dict]:
+        return self.list()  # the file is provisioner's own: every account in it was written here
+
+    def remove_accounts(self, pairs: Iterable[tuple[str, str]]) -> None:
+        pairs = set(pairs)
+
+        def apply(blocks: dict[str, str]) -> None:
+            for mac, body in list(blocks.items()):
+                gone = {a["username"] for a in _auths(body) if (a["username"], a.get("realm")) in pairs}
+                if gone:
+                    blocks[mac] = "".join(s for s in _sections(body) if _section_user(s, body) not in gone)
+                    if not blocks[mac].strip():
+                        del blocks[mac]
+        self._change(apply)
+
+    def store_key(self) -> str:
+        return f"asterisk|{self.path}"[:255]
+
+    def probe(self) -> str:
+        """The include file can be written (its directory exists; nothing is created) and the reload
+        command is there; Asterisk itself is not asked."""
+        import shutil
+        d = self.path.parent
+        if not d.is_dir():
+            raise RegistrarError(f"{self.label}: directory {d} does not exist")
+        if not os.access(d, os.W_OK | os.X_OK) or (self.path.exists() and not os.access(self.path, os.W_OK)):
+            raise RegistrarError(f"{self.label}: not writable by this user")
+        if self.reload_command and shutil.which(self.reload_command[0]) is None:
+            raise RegistrarError(f"{self.label}: reload command {self.reload_command[0]!r} not found")
+        return "include file writable" + (", reload command found" if self.reload_command else
+                                          " (no reload_command: Asterisk reads it at its next reload)")
+
     def holds(self, dev: ResolvedDevice, line_secrets: Mapping[str, Secret]) -> bool:
-        with self._locked():
-            body = self._read().get(dev.mac, "")
-        have = {a["username"]: a.get("md5_cred", "") for a in _auths(body)}
-        return all(u in have and hmac.compare_digest(have[u], md5_cred(u, self.domain, pw))
-                   for u, pw in self._lines(dev, line_secrets)) and {u for u, _ in accounts(dev)} == set(have)
+        return self.holds_many([(dev, line_secrets)])[dev.mac]
+
+    def holds_many(self, items: Iterable[tuple[ResolvedDevice, Mapping[str, Secret]]]) -> dict[str, bool]:
+        with self._locked():  # the file read once, whatever the number of devices
+            blocks = self._read()
+        out = {}
+        for dev, secrets in items:
+            have = {a["username"]: (a.get("md5_cred", ""), a.get("realm")) for a in _auths(blocks.get(dev.mac, ""))}
+            out[dev.mac] = all(u in have and have[u][1] == self.domain
+                               and hmac.compare_digest(have[u][0], md5_cred(u, self.domain, pw))
+                               for u, pw in self._lines(dev, secrets)) and {u for u, _ in accounts(dev)} == set(have)
+        return out
 
 
 def _escape(text: str) -> str:

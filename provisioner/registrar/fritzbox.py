@@ -156,6 +156,27 @@ class FritzBoxRegistrar(Registrar):
         if users:
             self._push({}, users)
 
+    def tagged(self) -> list[dict]:
+        return [{**a, "device": None} for a in self.list()]  # clients with our id prefix only
+
+    @property
+    def domain(self) -> str:
+        """The box's address: what `list` names as the accounts' domain."""
+        from provisioner import routers
+        return routers.resolve_router(self.rt, self.mac).address
+
+    def store_key(self) -> str:
+        return self.target()
+
+    def account_keys(self, dev: ResolvedDevice) -> set[tuple[str, str]]:
+        """Only the lines the router entry lists register on the box, as prefix + extension."""
+        from provisioner import routers
+        r = routers.resolve_router(self.rt, self.mac)
+        if dev.site != r.site:
+            return set()
+        prefix = str(routers.option(r, routers.profile_of(self.rt, r), "client_username_prefix", ""))
+        return {(f"{prefix}{ln.extension}", r.address) for ln in dev.lines if ln.extension in r.lines}
+
     def list(self) -> list[dict]:
         from provisioner.drivers.fritzbox import CLIENT_ID_PREFIX
         with self._driver() as (drv, r, _):

@@ -20,6 +20,7 @@ permissions.addressReload]` for a change to apply without a restart.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import hmac
 import ipaddress
@@ -76,6 +77,18 @@ def database_url(db: str | None, password_env: str | None, base: Path) -> tuple[
 ACL_GROUP = 1  # the permissions group kamailio.cfg checks: allow_source_address("1")
 TAG = "provisioner"  # our address rows are tagged provisioner:<site>; other rows are never touched
 
+# The subscriber table has no column of its own for a tag, so the accounts this project wrote are listed in
+# a table of ours in the same database, written in the same transaction; Kamailio never reads it. Sync
+# removes the tagged accounts no device owns any more (a line removed, a device gone, the domain changed);
+# accounts another tool wrote are never removed as orphans.
+TAGS = sa.Table("provisioner_account", sa.MetaData(),
+                sa.Column("username", sa.String(64), primary_key=True),
+                sa.Column("domain", sa.String(64), primary_key=True),
+                sa.Column("mac", sa.String(12), nullable=False),
+                sa.Column("written_at", sa.String(32), nullable=False),
+                sa.Index("provisioner_account_mac_idx", "mac"))
+SUBSCRIBER_COLUMNS = {"username", "domain", "password", "ha1", "ha1b"}
+
 
 class KamailioRegistrar(Registrar):
     kind = "kamailio"
@@ -124,6 +137,7 @@ class KamailioRegistrar(Registrar):
                             "provisioner writes; run PRAGMA journal_mode=WAL on it once", self._label, mode)
         if not sa.inspect(c).has_table("subscriber"):
             raise RegistrarError(f"{self.label}: no subscriber table (create Kamailio's auth_db schema)")
+        TAGS.create(c, checkfirst=True)
         self._checked = True
 
     def _run(self, what: str, fn):
@@ -147,24 +161,99 @@ class KamailioRegistrar(Registrar):
     def set(self, dev: ResolvedDevice, line_secrets: Mapping[str, Secret]) -> None:
         self.set_many([(dev, line_secrets)])
 
+    _TAG = sa.text(
+        "INSERT INTO provisioner_account (username, domain, mac, written_at) VALUES (:u, :d, :m, :at) "
+        "ON CONFLICT (username, domain) DO UPDATE SET mac = excluded.mac, written_at = excluded.written_at")
+
     def set_many(self, items: Iterable[tuple[ResolvedDevice, Mapping[str, Secret]]]) -> None:
         rows = []
+        at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         for dev, secrets in items:
             for user, pw in self._lines(dev, secrets):
                 h1, h1b = ha1(user, self.domain, pw)
-                rows.append({"u": user, "d": self.domain, "h1": h1, "h1b": h1b})
+                rows.append({"u": user, "d": self.domain, "h1": h1, "h1b": h1b, "m": dev.mac, "at": at})
         if rows:
-            self._run("write the subscriber table", lambda c: c.execute(self._UPSERT, rows))
+            def write(c) -> None:
+                c.execute(self._UPSERT, rows)
+                c.execute(self._TAG, rows)
+            self._run("write the subscriber table", write)
 
     def remove(self, dev: ResolvedDevice) -> None:
         self.remove_users([u for u, _ in accounts(dev)])
 
     def remove_users(self, users: Iterable[str]) -> None:
-        users = sorted(set(users))
-        if users:
-            q = sa.text("DELETE FROM subscriber WHERE domain = :d AND username IN :users").bindparams(
-                sa.bindparam("users", expanding=True))
-            self._run("remove subscribers", lambda c: c.execute(q, {"d": self.domain, "users": users}))
+        self.remove_accounts([(u, self.domain) for u in users])
+
+    def remove_accounts(self, pairs: Iterable[tuple[str, str]]) -> None:
+        pairs = sorted(set(pairs))
+        if not pairs:
+            return
+
+        def delete(c) -> None:
+            for table in ("subscriber", "provisioner_account"):
+                c.execute(sa.text(f"DELETE FROM {table} WHERE username = :u AND domain = :d"),
+                          [{"u": u, "d": d} for u, d in pairs])
+        self._run("remove subscribers", delete)
+
+    def tagged(self) -> list[dict]:
+        """Accounts of this database that provisioner wrote (any domain), with the device they were for."""
+        q = sa.text("SELECT t.username, t.domain, t.mac FROM provisioner_account t JOIN subscriber s "
+                    "ON s.username = t.username AND s.domain = t.domain ORDER BY t.domain, t.username")
+        rows = self._run("read the subscriber table", lambda c: c.execute(q).all())
+        return [{"username": r.username, "domain": r.domain, "device": r.mac} for r in rows]
+
+    def prune_many(self, keep: Mapping[str, set[tuple[str, str]]]) -> dict[str, list[tuple[str, str]]]:
+        macs = sorted(keep)
+        q = sa.text("SELECT username, domain, mac FROM provisioner_account WHERE mac IN :macs").bindparams(
+            sa.bindparam("macs", expanding=True))
+
+        def read(c) -> list:
+            rows = []
+            for i in range(0, len(macs), 500):
+                rows += c.execute(q, {"macs": macs[i:i + 500]}).all()
+            return rows
+        gone: dict[str, list[tuple[str, str]]] = {}
+        for r in self._run("read the subscriber table", read) if macs else []:
+            if (r.username, r.domain) not in keep[r.mac]:
+                gone.setdefault(r.mac, []).append((r.username, r.domain))
+        self.remove_accounts([p for ps in gone.values() for p in ps])
+        return gone
+
+    def store_key(self) -> str:
+        return f"kamailio|{self._label}"[:255]
+
+    def probe(self) -> str:
+        """Reachable, the tables there, and writable: a write that changes nothing (no row matches), in a
+        transaction rolled back."""
+        def test(c) -> None:
+            cols = {col["name"] for col in sa.inspect(c).get_columns("subscriber")}
+            missing = SUBSCRIBER_COLUMNS - cols
+            if missing:
+                raise RegistrarError(f"{self.label}: the subscriber table lacks {', '.join(sorted(missing))} "
+                                     f"(Kamailio's auth_db schema, table version 7)")
+            c.execute(sa.text("INSERT INTO subscriber (username, domain, password, ha1, ha1b) "
+                              "SELECT username, domain, password, ha1, ha1b FROM subscriber WHERE 1 = 0"))
+            c.execute(sa.text("UPDATE subscriber SET ha1 = ha1 WHERE 1 = 0"))
+            c.execute(sa.text("DELETE FROM subscriber WHERE 1 = 0"))
+            c.execute(sa.text("DELETE FROM provisioner_account WHERE 1 = 0"))
+
+        try:
+            with self.engine.connect() as c:
+                with c.begin() as tx:
+                    if not sa.inspect(c).has_table("subscriber"):
+                        raise RegistrarError(f"{self.label}: no subscriber table (create Kamailio's auth_db schema)")
+                    test_tags = sa.inspect(c).has_table("provisioner_account")
+                    c.execute(sa.text("DELETE FROM subscriber WHERE 1 = 0"))  # SQLite: the write lock first
+                    if not test_tags:
+                        TAGS.create(c)  # the table of our tags can be created (rolled back below)
+                    test(c)
+                    tx.rollback()
+        except RegistrarError:
+            raise
+        except sa.exc.SQLAlchemyError as e:
+            raise RegistrarError(f"{self.label}: cannot write: {type(getattr(e, 'orig', e)).__name__}: "
+                                 f"{str(getattr(e, 'orig', e)).splitlines()[0][:200]}") from None
+        return f"subscriber table of domain {self.domain} writable"
 
     def set_acl(self, networks_by_site: Mapping[str, list[str]]) -> bool | None:
         """The `address` rows tagged provisioner:<site> in group 1 become exactly these networks (None: the
@@ -206,14 +295,25 @@ class KamailioRegistrar(Registrar):
         return [{"username": r.username, "domain": r.domain} for r in rows]
 
     def holds(self, dev: ResolvedDevice, line_secrets: Mapping[str, Secret]) -> bool:
-        want = {user: ha1(user, self.domain, pw) for user, pw in self._lines(dev, line_secrets)}
+        return self.holds_many([(dev, line_secrets)])[dev.mac]
+
+    def holds_many(self, items: Iterable[tuple[ResolvedDevice, Mapping[str, Secret]]]) -> dict[str, bool]:
+        """One query per 500 accounts, whatever the number of devices (devices, audit)."""
+        want = {dev.mac: {user: ha1(user, self.domain, pw) for user, pw in self._lines(dev, secrets)}
+                for dev, secrets in items}
+        users = sorted({u for w in want.values() for u in w})
         q = sa.text("SELECT username, ha1, ha1b FROM subscriber WHERE domain = :d AND username IN :users"
                     ).bindparams(sa.bindparam("users", expanding=True))
-        rows = self._run("read the subscriber table",
-                         lambda c: c.execute(q, {"d": self.domain, "users": sorted(want)}).all())
-        have = {r.username: (r.ha1 or "", r.ha1b or "") for r in rows}
-        return all(u in have and hmac.compare_digest(have[u][0], h[0]) and hmac.compare_digest(have[u][1], h[1])
-                   for u, h in want.items())
+
+        def read(c) -> dict:
+            out = {}
+            for i in range(0, len(users), 500):
+                for r in c.execute(q, {"d": self.domain, "users": users[i:i + 500]}):
+                    out[r.username] = (r.ha1 or "", r.ha1b or "")
+            return out
+        have = self._run("read the subscriber table", read) if users else {}
+        return {mac: all(u in have and hmac.compare_digest(have[u][0], h[0]) and hmac.compare_digest(have[u][1], h[1])
+                         for u, h in w.items()) for mac, w in want.items()}
 
     def contacts(self, dev: ResolvedDevice) -> list[tuple[str, int]]:
         """From the `location` table when Kamailio keeps bindings there (usrloc db_mode > 0)."""

@@ -143,12 +143,18 @@ def _pending_generation(store, mac: str) -> int | None:
 
 @dataclass
 class Item:
-    """One registrar write: a generation's SIP passwords for a device, or (generation None) its removal."""
+    """One registrar write: a generation's SIP passwords for a device, or (generation None) its removal.
+
+    `prune`: the device's other accounts at that registrar go too (an old domain's, a removed line's):
+    set when the device holds, or is being handed, the config of this write. Not while it may still hold
+    an older config that uses them (an inventory edit it has not fetched yet): the orphan sweep removes
+    those once it fetched (registrar/verify.py)."""
 
     mac: str
     dev: ResolvedDevice
     generation: int | None
     creds: Mapping[str, Secret] | None = None
+    prune: bool = True
 
 
 def _claimed_users(rt, target: str, skip: set[str]) -> set[str]:
@@ -194,6 +200,10 @@ def _write(rt, items: list[Item], rows: dict) -> dict[str, str]:
             sets = [(it.dev, line_secrets(it.creds or {})) for it in its if it.generation is not None]
             if sets:
                 b.set_many(sets)
+            # the devices' accounts left over elsewhere at this registrar (another domain, a removed line)
+            keep = {it.mac: set() if it.generation is None else b.account_keys(it.dev) for it in its if it.prune}
+            for mac, gone in (b.prune_many(keep) if keep else {}).items():
+                log.info("%s: removed %s, no longer %s's", b.label, ", ".join(f"{u}@{d}" for u, d in gone), mac)
         except Exception as e:  # the backend's own message (never a secret); anything else: its type only
             msg = str(e) if isinstance(e, ProvisionerError) else f"{b.label}: {type(e).__name__}"
             log.error("registrar write failed for %d device(s): %s", len(its), msg)
@@ -222,8 +232,8 @@ def apply(rt, items: Iterable[Item], *, clear_lease: bool = True, intent_written
     with store.write() as c:
         for it in items:
             row = _row(c, it.mac)
-            if it.mac in failures:
-                _upsert(c, it.mac, row, error=failures[it.mac][:255])
+            if it.mac in failures:  # the intent stays for the next reconcile; nobody is writing it any more
+                _upsert(c, it.mac, row, error=failures[it.mac][:255], intent_owner=None, intent_at=None)
                 continue
             values = dict(held=it.generation, intent=None, intent_generation=None, intent_owner=None,
                           intent_at=None, kind=it.dev.settings.registrar.kind,
@@ -314,7 +324,8 @@ def _restore(rt, dev: ResolvedDevice) -> None:
     if st is None:
         return
     try:
-        apply(rt, [Item(dev.mac, dev, st.generation, rt.store.credentials(dev.mac, "active"))])
+        apply(rt, [Item(dev.mac, dev, st.generation, rt.store.credentials(dev.mac, "active"),
+                        prune=_holds_desired(st.served_hash, st.desired_hash))])
     except Exception:
         log.exception("could not put the registrar of %s back to generation %s", dev.mac, st.generation)
 
@@ -340,7 +351,7 @@ class ReconcileReport:
 def _candidates(c, macs: list[str] | None):
     rs, d = registrar_sync, devices
     should = sa.case((d.c.state == "decommissioned", sa.null()), else_=d.c.generation)
-    q = (sa.select(d.c.mac, d.c.state, d.c.generation, d.c.pending_hash, d.c.served_hash,
+    q = (sa.select(d.c.mac, d.c.state, d.c.generation, d.c.pending_hash, d.c.served_hash, d.c.desired_hash,
                    rs.c.mac.label("rs_mac"), rs.c.kind, rs.c.target, rs.c.accounts, rs.c.held, rs.c.intent,
                    rs.c.intent_owner, rs.c.intent_at, rs.c.lease_generation, rs.c.lease_owner, rs.c.lease_at,
                    rs.c.served_before)
@@ -354,11 +365,18 @@ def _candidates(c, macs: list[str] | None):
                                     sa.and_(rs.c.kind != "none", rs.c.held.is_distinct_from(should))))).all()
 
 
-def reconcile(rt, macs: Iterable[str] | None = None, actor: str = "system") -> ReconcileReport:
+def _holds_desired(served: str | None, desired: str | None) -> bool:
+    """The device holds the config of its current settings (or none at all): nothing older in use."""
+    return served is None or served == desired
+
+
+def reconcile(rt, macs: Iterable[str] | None = None, actor: str = "system", sweep: bool = False) -> ReconcileReport:
     """Make every registrar hold what the devices hold; repair switches and writes cut short.
 
-    `macs`: only these devices (all devices that need a look when None). Never raises for one device's
-    registrar: failures are in the report (and the intent stays for the next run).
+    `macs`: only these devices (all devices that need a look when None). `sweep`: also remove the accounts
+    this project wrote that no device owns any more (registrar/verify.py; `provisioner registrar sync`).
+    Never raises for one device's registrar: failures are in the report (and the intent stays for the
+    next run).
     """
     store = rt.store
     report = ReconcileReport()
@@ -390,7 +408,8 @@ def reconcile(rt, macs: Iterable[str] | None = None, actor: str = "system") -> R
                 or r.kind != dev.settings.registrar.kind
                 or (should is not None and r.accounts != _accounts_json(dev))):
             creds = store.credentials(r.mac, "active") if should is not None else None
-            todo.append(Item(r.mac, dev, should, creds))
+            todo.append(Item(r.mac, dev, should, creds,
+                             prune=should is None or _holds_desired(r.served_hash, r.desired_hash)))
         elif r.lease_owner:
             with store.write() as w:
                 _upsert(w, r.mac, _row(w, r.mac), lease_generation=None, lease_owner=None, lease_at=None,
@@ -409,7 +428,41 @@ def reconcile(rt, macs: Iterable[str] | None = None, actor: str = "system") -> R
                         "registrar brought in line with the credentials the devices hold",
                         {"devices": [f"{it.mac}: {'removed' if it.generation is None else f'generation {it.generation}'}"
                                      for it in done][:500]})
+    if sweep:
+        from provisioner.registrar import verify
+        report.repairs += verify.sweep(rt, actor)
     return report
+
+
+def ensure_held(rt, dev: ResolvedDevice) -> str | None:
+    """Before a device is handed a config it does not hold yet (enrolment, a re-enrolment, a changed
+    config): the registrar must hold the SIP passwords in it. None when it does (written now if the record
+    says it does not); else the problem, and the caller does not hand the config out."""
+    if dev.settings.registrar.kind in (None, "none"):
+        return None
+    try:
+        target = registrar_for(rt, dev).target()
+    except (NotImplementedError, ProvisionerError) as e:
+        return str(e)
+
+    def problem() -> str | None:
+        with rt.store.engine.connect() as c:
+            row = _row(c, dev.mac)
+            gen = c.execute(sa.select(devices.c.generation).where(devices.c.mac == dev.mac)).scalar()
+        if (row is not None and gen is not None and row.held == gen and row.intent is None and row.target == target
+                and row.accounts == _accounts_json(dev)):
+            return None
+        if row is not None and row.error:
+            return row.error
+        return "not written yet" if row is None or row.intent is None else "a write is in flight"
+
+    if problem() is None:
+        return None
+    rep = reconcile(rt, [dev.mac], "serve")
+    still = problem()
+    if still is None:
+        return None
+    return next((r.detail for r in rep.repairs if r.mac == dev.mac and r.action in ("failed", "skipped")), still)
 
 
 def _roll_back_served(rt, r, actor: str, report: ReconcileReport) -> None:

@@ -528,6 +528,9 @@ class Pipeline:
                                     f"device's last address, kept by a remote reset)", mac)
             if ua_problem:
                 return unauthorized(f"enrolment refused: {ua_problem}", mac)
+            refusal = self._registrar_refusal(dev)  # before the claim: a refused enrolment stays open
+            if refusal:
+                return refusal
             claimed = store.claim_enrolment(mac, req.ip, now)
             self._forget(mac)
             if not claimed:
@@ -543,6 +546,24 @@ class Pipeline:
             return unauthorized(f"device locked: authenticated request from {req.ip}, outside site {dev.site}", mac)
 
         return how, st, active, pending, now
+
+    def _registrar_refusal(self, dev: ResolvedDevice) -> Reply | None:
+        """A config whose SIP passwords the registrar does not hold is not handed out: the phone could not
+        register with it. 503 (the device retries), unless the inventory says `serve_unsynced: true`."""
+        reg = dev.settings.registrar
+        if reg.kind in (None, "none"):
+            return None
+        problem = registrar.ensure_held(self.rt, dev)
+        if problem is None:
+            return None
+        if reg.serve_unsynced:
+            log.warning("registrar does not hold the SIP passwords of %s (%s); served anyway (serve_unsynced)",
+                        dev.mac, problem)
+            return None
+        log.error("config of %s not handed out: its registrar does not hold its SIP passwords (%s); "
+                  "`provisioner registrar sync` once the registrar is back", dev.mac, problem)
+        return Reply(503, b"registrar not ready, retry later\n", reason=f"registrar does not hold the SIP "
+                     f"passwords of this config ({problem})"[:255], mac=dev.mac, retry_after=60)
 
     # ---- HTTPS -----------------------------------------------------------------------------------
 
@@ -565,6 +586,11 @@ class Pipeline:
             # the registrar does not know the new passwords: the device keeps what works
             creds, version = active, st.desired_hash
             how += "; registrar refused the new generation, current config kept"
+        if (m.spec.trigger and creds is active and version != st.served_hash
+                and not how.startswith("enrolment")):  # a config it does not hold yet (enrolment checked above)
+            refusal = self._registrar_refusal(dev)
+            if refusal:
+                return refusal
         body = self._device_body(m, dev, creds, version)
         digest = sha256(body)
         if m.spec.trigger:
@@ -615,6 +641,9 @@ class Pipeline:
             st = self.rt.store.device(dev.mac)
             if st is not None and st.state not in ("locked", "decommissioned") and not st.pending_hash:
                 # no rotation over TFTP: the registrar switch needs the HTTPS path
+                refusal = self._registrar_refusal(dev) if st.served_hash != st.desired_hash else None
+                if refusal:
+                    return refusal
                 body = self._device_body(m, dev, self._credentials(dev.mac, "active", st.desired_hash),
                                          st.desired_hash)
                 if m.spec.trigger:

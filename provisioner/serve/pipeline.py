@@ -201,6 +201,8 @@ class Pipeline:
         self._cache = LruCache(CACHE_BYTES)
         self._served: dict[str, tuple[str, str, float]] = {}
         self._states: dict[str, tuple] = {}
+        from provisioner.firmware.serve import FirmwareService
+        self.firmware = FirmwareService(self)  # /fw/ images, and the firmware offer in configs (issue 18)
 
     # ---- entry points ----------------------------------------------------------------------------
 
@@ -211,9 +213,10 @@ class Pipeline:
                           reason=verdict.reason, retry_after=verdict.retry_after)
         else:
             try:
-                if req.method == "PUT":
+                reply = self.firmware.handle(req)  # /fw/ images, Polycom's per-phone master (issue 18)
+                if reply is None and req.method == "PUT":
                     reply = self._upload(req)
-                else:
+                elif reply is None:
                     reply = self._https(req) if req.transport == "https" else self._tftp(req)
             except RenderError as e:
                 log.error("render refused: %s", e)
@@ -456,6 +459,8 @@ class Pipeline:
             if st.pending_hash == digest and store.promote_pending(mac, digest, now):
                 self._forget(mac)
                 log.info("device %s fetched the config of its new credential generation", mac)
+            # a firmware offer is added to what is served, not to the config's hash (provisioner/firmware/)
+            body = self.firmware.overlay(req, m, dev, creds, body)
         return Reply(200, body, reason=f"served by {how}", mac=mac, digest=digest)
 
     # ---- uploads (local overrides) -----------------------------------------------------------------

@@ -174,6 +174,7 @@ def firmware_pause(rt, site: str, vendor: str | None, reason: str):
 @click.option("--vendor", default=None, help="Only this vendor's rollouts on the site.")
 @click.pass_obj
 def firmware_resume(rt, site: str, vendor: str | None):
-    """Lift the pauses and halts of a site (failures before now no longer count towards max_failures)."""
+    """Lift the pauses and halts of a site. Failures so far still count: while their share stays above
+    rollout.max_failures, the next failure halts the rollout again."""
     n = rollout.resume(rt, site, vendor, actor())
     _p(f"{n} pause(s)/halt(s) lifted on site {site}" if n else f"nothing was paused or halted on site {site}")

@@ -381,20 +381,11 @@ class Rollouts:
             self.check_halt(*h, now=now)
         return len(late)
 
-    def resumed_at(self, site: str, vendor: str, model: str) -> dt.datetime | None:
-        """When the helpdesk last resumed this rollout: failures before that do not count again."""
-        times = [as_utc(r.at) for r in self.states(fresh=True) if r.site == site and r.state == "resumed"
-                 and r.scope in ("*", vendor, scope_of(vendor, model))]
-        return max(times, default=None)
-
     def counts(self, site: str, vendor: str, model: str, target: str) -> dict[str, int]:
-        """Attempts of this site's model and target (fetched since the last resume)."""
+        """Attempts of this site's model and target."""
         t = firmware_attempts
         q = sa.select(t.c.result, t.c.fetched_at).where(t.c.site == site, t.c.vendor == vendor, t.c.model == model,
                                                         t.c.target == target)
-        since = self.resumed_at(site, vendor, model)
-        if since is not None:
-            q = q.where(sa.or_(t.c.fetched_at.is_(None), t.c.fetched_at > since))
         with self.rt.store.engine.connect() as c:
             rows = c.execute(q).all()
         out = {"offered": len(rows), "fetched": sum(1 for r in rows if r.fetched_at is not None),
@@ -425,7 +416,7 @@ class Rollouts:
         log.warning("firmware rollout halted on site %s: %s", site, why)
         if self.notify is not None:
             try:
-                self.notify("firmware.rollout-halted", site, why, vendor=vendor, model=model, target=target)
+                self.notify("firmware.rollout-halted", site, why, vendor=vendor, model=model, version=target)
             except Exception:
                 log.exception("could not send the halt alert")
         return True
@@ -452,22 +443,19 @@ def pause(rt, site: str, vendor: str | None, reason: str, actor: str) -> str:
 
 
 def resume(rt, site: str, vendor: str | None, actor: str) -> int:
-    """Lift pauses and halts of a site (or of one vendor on it); returns how many were lifted."""
+    """Lift pauses and halts of a site (or of one vendor on it); returns how many were lifted. Failures so far
+    still count: while the ratio stays above max_failures, the next failure halts the rollout again."""
     from provisioner.errors import InputError
     if site not in rt.inventory.site_settings:
         raise InputError(f"unknown site {site!r} (known: {', '.join(sorted(rt.inventory.site_settings))})")
     t = firmware_rollouts
-    cond = sa.and_(t.c.site == site, t.c.state != "resumed")
+    cond = t.c.site == site
     if vendor is not None:
         cond = sa.and_(cond, sa.or_(t.c.scope == vendor, t.c.scope.like(f"{vendor}/%")))
-    now = utcnow()
     with rt.store.write() as c:
         rows = c.execute(sa.select(t).where(cond)).all()
         c.execute(t.delete().where(cond))
-        if rows:  # failures before now no longer count towards max_failures
-            c.execute(t.delete().where(t.c.site == site, t.c.scope == (vendor or "*"), t.c.state == "resumed"))
-            c.execute(t.insert().values(site=site, scope=vendor or "*", state="resumed", target="*",
-                                        reason="resumed", actor=actor[:128], at=now))
+        if rows:
             rt.store.append_audit(c, actor, "firmware.rollout-resumed", None,
                                   f"{len(rows)} pause(s)/halt(s) lifted on site {site}",
                                   {"site": site, "vendor": vendor,

@@ -117,8 +117,8 @@ def status(rt, rollouts: Rollouts | None = None, site: str | None = None, now: d
                    if att.fetched_at else f"offered {as_utc(att.offered_at):%Y-%m-%d %H:%M} UTC, not fetched yet")
             if d.state in ("paused", "halted"):
                 why += f"; {d.why}"
-        elif d.state in ("offer", "outside-window"):
-            cat, state, why = PENDING, "selected", d.why
+        elif d.state in ("offer", "outside-window"):  # selected; offered at its next fetch (in the window)
+            cat, state, why = PENDING, "selected" if d.state == "offer" else d.state, d.why
         elif d.state in ("paused", "halted"):
             selected = d.image is not None and rollouts.selected(dev, d.image)
             cat, state, why = (PENDING if selected else "not selected"), d.state, d.why

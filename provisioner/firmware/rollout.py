@@ -115,6 +115,7 @@ class Rollouts:
     _states: _Cache = field(default_factory=_Cache)
     _attempts: dict = field(default_factory=dict)
     _ranks: dict = field(default_factory=dict)
+    _ranks_for: object = None  # the inventory the ranks were computed from (a reload starts afresh)
     _evaluated: float = 0.0
 
     # ---- what is in the library and the rollout table -------------------------------------------------
@@ -170,7 +171,9 @@ class Rollouts:
 
     def selected(self, dev, image: Image) -> bool:
         inv = self.rt.inventory
-        k = (id(inv), dev.site, dev.vendor, dev.model, image.version)
+        if self._ranks_for is not inv:
+            self._ranks, self._ranks_for = {}, inv
+        k = (dev.site, dev.vendor, dev.model, image.version)
         order = self._ranks.get(k)
         if order is None:
             macs = [d.mac for d in inv.resolved.values()
@@ -246,6 +249,18 @@ class Rollouts:
                 self._attempts.clear()
             hit = self._attempts[mac] = (now, {r.image_id: r for r in rows})
         return hit[1]
+
+    def preload(self, macs) -> None:
+        """Every attempt of these devices in one query (status and audit walk the whole fleet)."""
+        with self.rt.store.engine.connect() as c:
+            rows = c.execute(sa.select(firmware_attempts)).all()
+        now = time.monotonic()
+        by_mac: dict = {m: {} for m in macs}
+        for r in rows:
+            if r.mac in by_mac:
+                by_mac[r.mac][r.image_id] = r
+        for m, atts in by_mac.items():
+            self._attempts[m] = (now, atts)
 
     def attempt(self, mac: str, image_id: str):
         return self._mac_attempts(mac).get(image_id)

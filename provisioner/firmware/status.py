@@ -98,10 +98,12 @@ def status(rt, rollouts: Rollouts | None = None, site: str | None = None, now: d
     inv = rt.inventory
     devs = [d for d in inv.resolved.values() if d.settings.firmware is not None and (site is None or d.site == site)]
     reports = reported_versions(rt, {d.mac for d in devs})
+    rollouts.attempts_ttl = max(rollouts.attempts_ttl, 600.0)  # one snapshot for the whole report
+    rollouts.preload(d.mac for d in devs)
     rows: dict[tuple, ModelStatus] = {}
     for dev in sorted(devs, key=lambda d: (d.site, d.vendor, d.model, d.mac)):
         vendor = rt.catalog.get(dev.vendor)
-        attempts = list(rollouts._mac_attempts(dev.mac, fresh=True).values())
+        attempts = list(rollouts._mac_attempts(dev.mac).values())
         current = current_version(reports.get(dev.mac, []), attempts)
         d = rollouts.decide(dev, vendor, current, now)
         if d.state == "not-managed":

@@ -161,10 +161,11 @@ class Lab:
     def fetches(self, limit: int = 50) -> list[dict]:
         return Runtime(home=self.home.path, inventory_path=self.home.inventory).store.fetches(limit=limit)
 
-    def event(self, filename_part: str, source: str | None = None) -> dict:
-        """The latest fetch event of a request (the recorder writes in batches: a bounded poll)."""
+    def event(self, filename_part: str, source: str | None = None, status: int = 404) -> dict:
+        """The latest fetch event of a request answered `status` (the recorder writes in batches: a bounded
+        poll)."""
         def find():
-            return next((e for e in self.fetches() if filename_part in e["filename"]
+            return next((e for e in self.fetches() if filename_part in e["filename"] and e["status"] == status
                          and (source is None or e["source_ip"] == source)), None)
         return poll(find, lambda e: e is not None)
 
@@ -522,7 +523,7 @@ def test_snom_settings_file_and_a_changed_image_is_refused(lab):
         f.write(b"\x00" if image[500_000] else b"\x01")
     status, _, _ = lab.get(path, snom_ua(), source="127.0.0.41")
     assert status == 503
-    assert lab.event(path.split("/")[-1], "127.0.0.41")["counted"] is False
+    assert lab.event(path.split("/")[-1], "127.0.0.41", status=503)["counted"] is False
     assert b"firmware_status" not in lab.config(SNOM, snom_ua(), name=f"{SNOM.upper()}.xml"), "no offer any more"
     r = lab.cli("firmware", "verify", check=False)
     assert r.returncode == 3 and "no longer hashes" in r.stdout
@@ -541,3 +542,25 @@ def test_audit_reports_firmware_below_the_policy_and_unknown_images(lab):
     assert not any(f["device"] == lab.selected and f["type"] == "firmware-image" for f in found), \
         "the upgraded device runs a library image"
     assert any(f["type"] == "firmware-library" and f["severity"] == "high" for f in found), "the changed snom file"
+
+
+def test_a_newer_approved_image_becomes_the_target_and_the_old_url_goes_quiet(lab, tmp_path):
+    """latest-approved follows the library: once 66.86.0.21 is added, the spare site's device that may
+    downgrade is offered it, and the 66.86.0.20 URL it was given before is refused without counting."""
+    src = "127.2.0.5"
+    old = fw_path(lab.config(SPARE_DOWNGRADE, yealink_ua(SPARE_DOWNGRADE, "66.86.0.99"), source=src))
+    rom = tmp_path / "T46S(T48S,T42S,T41S)-66.86.0.21.rom"
+    rom.write_bytes(random.Random(21).randbytes(100_000))
+    lab.cli("firmware", "add", str(rom), "--vendor", "yealink", "--models", "T46S")
+    new = poll(lambda: fw_path(lab.config(SPARE_DOWNGRADE, yealink_ua(SPARE_DOWNGRADE, "66.86.0.99"), source=src)),
+               lambda p: p != old, timeout=10)
+    assert new != old and new.endswith("66.86.0.21.rom")
+    status, _, _ = lab.get(old, yealink_ua(SPARE_DOWNGRADE, "66.86.0.99"), source=src)
+    assert status == 404
+    ev = lab.event(old.split("/")[-1], src)
+    assert "no longer this device's target" in ev["reason"] and ev["counted"] is False
+    status, body, _ = lab.get(new, yealink_ua(SPARE_DOWNGRADE, "66.86.0.99"), source=src)
+    assert status == 200 and body == rom.read_bytes()
+    status, _, _ = lab.get(new, yealink_ua(SPARE_DOWNGRADE, "66.86.0.21"), source=src)
+    assert status == 404, "back on 66.86.0.21, the phone asking its old URL again downloads nothing"
+    assert lab.event(new.split("/")[-1], src)["reason"].endswith("the device already runs it")

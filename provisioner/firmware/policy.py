@@ -34,13 +34,6 @@ def _target(v: str) -> str:
     return v
 
 
-def _keys(v: dict) -> dict:
-    for k in v:
-        if not _KEY.match(k):
-            raise ValueError(f"{k!r}: a vendor, model or family name (letters, digits, _ + -)")
-    return v
-
-
 def _window(v: str) -> str:
     m = _WINDOW.match(v)
     if not m:
@@ -61,9 +54,28 @@ def _ratio(v: float | str) -> float:
     return float(v)
 
 
-Target = Annotated[str, AfterValidator(_target)]
-ModelTargets = Annotated[dict[str, Target], AfterValidator(_keys)]
-FirmwareSpec = Target | Annotated[dict[str, Target | ModelTargets], AfterValidator(_keys)]
+def _spec(v):
+    """latest-approved | keep | version, or {vendor: target | {model or family: target}}: one clear message."""
+    shape = "latest-approved, keep, a version, or a mapping vendor: target / vendor: {model or family: target}"
+    if isinstance(v, str):
+        return _target(v)
+    if not isinstance(v, dict):
+        raise ValueError(shape)
+    for vendor, entry in v.items():
+        if not isinstance(vendor, str) or not _KEY.match(vendor):
+            raise ValueError(f"{vendor!r}: a vendor name (letters, digits, _ + -)")
+        items = entry.items() if isinstance(entry, dict) else [(None, entry)]
+        for model, target in items:
+            where = f"{vendor}.{model}" if model is not None else vendor
+            if model is not None and (not isinstance(model, str) or not _KEY.match(model)):
+                raise ValueError(f"{where}: a model or family name (letters, digits, _ + -)")
+            if not isinstance(target, str) or not _TARGET.match(target):
+                raise ValueError(f"{where}: {target!r} is not latest-approved, keep or a version "
+                                 f"(letters, digits and . _ + -)")
+    return v
+
+
+FirmwareSpec = Annotated[object, AfterValidator(_spec)]
 
 
 class RolloutSpec(BaseModel):

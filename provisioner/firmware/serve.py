@@ -203,9 +203,16 @@ class FirmwareService:
             return not_found(f"firmware refused: device is {st.state if st else 'not in the store'}", dev.mac)
         if att.result == "failed":
             return quiet(404, f"firmware {image.version} not offered: this attempt failed ({att.reason})", dev.mac)
+        target = self.rollouts.target(dev, vendor)
+        if target is None or target[2] is None or target[2].id != image.id:
+            return quiet(404, f"firmware {image.version} is no longer this device's target (site policy)", dev.mac)
         held = self.rollouts.held(dev.site, dev.vendor, dev.model, image.version)
         if held:
             return quiet(404, f"firmware {image.version} not offered now: rollout {held[1]}", dev.mac)
+        runs = self._reported(vendor, req) if req.transport == "https" else None
+        if runs is not None and versions.same(runs, image.version):
+            # a phone keeps the URL it was given; on the target already, it has nothing to download
+            return quiet(404, f"firmware {image.version}: the device already runs it", dev.mac)
         local = utcnow().astimezone(zoneinfo.ZoneInfo(dev.settings.timezone))
         if not dev.settings.rollout.in_window(local, GRACE_AFTER_WINDOW):
             return quiet(404, f"firmware {image.version} not served outside the window "

@@ -14,7 +14,6 @@ import json
 import math
 import random
 import re
-import shutil
 import subprocess
 import time
 from pathlib import Path

@@ -36,7 +36,7 @@ from sqlalchemy.exc import IntegrityError
 from provisioner import metrics
 from provisioner.firmware import versions
 from provisioner.firmware.library import VERIFIED, Image, images as load_images
-from provisioner.firmware.policy import GRACE_AFTER_WINDOW, KEEP, LATEST, target_for
+from provisioner.firmware.policy import KEEP, LATEST, target_for
 from provisioner.store import as_utc, utcnow
 from provisioner.store.firmware_schema import firmware_attempts, firmware_rollouts
 

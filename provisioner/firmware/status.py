@@ -14,9 +14,7 @@ from provisioner.firmware.rollout import OPEN, Rollouts
 from provisioner.store import as_utc, utcnow
 from provisioner.store.observations import observations
 
-# what a device's decision means for the per-model counts
 PENDING = "pending"  # selected: offered, fetching, or waiting for the window / a paused rollout
-CATEGORY = {"upgraded": "upgraded", "failed": "failed", "not-selected": "not selected"}
 
 
 @dataclass

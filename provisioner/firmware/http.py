@@ -14,7 +14,6 @@ import re
 
 from anyio import to_thread
 
-from provisioner.firmware.serve import FileReply
 from provisioner.serve.pipeline import Pipeline, Request
 
 PREFIX = "/fw/"
@@ -72,7 +71,7 @@ async def serve(pipeline: Pipeline, scope, receive, send) -> None:
     req = Request("https", path[1:], client[0] if client else "0.0.0.0", ua, auth, method, path, cert)
     reply = await to_thread.run_sync(pipeline.handle, req)
     head = method == "HEAD"
-    if not isinstance(reply, FileReply):
+    if getattr(reply, "path", None) is None:  # not an image (firmware.serve.FileReply): a plain answer
         extra = []
         if reply.status == 401:
             extra.append((b"www-authenticate", pipeline.digest.challenge(stale=reply.stale).encode()))

@@ -6,11 +6,12 @@
   TFTP         bench/tftp.py: 2 KB bootstrap and 64 KB file, provisioner's TFTP server vs tftpd-hpa
   render       bench/render.py: desired config of 10,000 devices, rendered and hashed as sync does it
   RSS          bench/rss.py: resident memory of `provisioner serve` with 100,000 devices
+  firmware     bench/firmware.py: 200 phones download a 40 MB image at once over HTTPS, nginx serves the same file
 
 Everything runs on 127.0.0.1; every server started here is stopped on the way out (also on Ctrl-C or
 SIGTERM). `--quick` is a smoke run of a couple of minutes with smaller counts (the table says which).
 
-    .venv/bin/python bench/run_all.py [--quick] [--only storm,tftp,render,rss] [--json FILE]
+    .venv/bin/python bench/run_all.py [--quick] [--only storm,tftp,render,rss,firmware] [--json FILE]
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import boot_storm  # noqa: E402
+import firmware as firmware_bench  # noqa: E402
 import render as render_bench  # noqa: E402
 import rss as rss_bench  # noqa: E402
 import tftp as tftp_bench  # noqa: E402
@@ -41,14 +43,16 @@ GOALS = {
     "tftp_64k": 0.8,
     "render_s": 1.0,     # seconds for 10,000 devices
     "rss_mb": 300.0,     # MB with 100,000 devices
+    "fw_mbps": None,     # issue 18: firmware throughput next to nginx, no goal set
+    "fw_cpu": None,      # server CPU per GB served, nginx / ours
 }
 
 FULL = dict(storm_devices=10_000, storm_clients=4, tftp_devices=2000, tftp_small=3000, tftp_big=1000,
             tftp_concurrency=32, tftp_hpa_small=1000, tftp_hpa_big=300, tftp_hpa_concurrency=16, tftp_rounds=3,
-            render_devices=10_000, render_rounds=5, rss_devices=100_000, rss_restart=True)
+            render_devices=10_000, render_rounds=5, rss_devices=100_000, rss_restart=True, fw_phones=200, fw_mb=40)
 QUICK = dict(storm_devices=1000, storm_clients=4, tftp_devices=500, tftp_small=1000, tftp_big=200,
              tftp_concurrency=32, tftp_hpa_small=300, tftp_hpa_big=150, tftp_hpa_concurrency=16, tftp_rounds=2,
-             render_devices=10_000, render_rounds=1, rss_devices=20_000, rss_restart=False)
+             render_devices=10_000, render_rounds=1, rss_devices=20_000, rss_restart=False, fw_phones=50, fw_mb=10)
 
 
 def machine() -> str:
@@ -130,7 +134,8 @@ def section(name: str):
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smoke run with smaller counts (a couple of minutes)")
-    ap.add_argument("--only", default="storm,tftp,render,rss", help="comma-separated subset of storm,tftp,render,rss")
+    ap.add_argument("--only", default="storm,tftp,render,rss,firmware",
+                    help="comma-separated subset of storm,tftp,render,rss,firmware")
     ap.add_argument("--json", type=Path, help="also write the figures to this file")
     for k, v in FULL.items():
         if isinstance(v, bool):
@@ -223,6 +228,18 @@ def main() -> int:
                                 m["rss_mb"], f"{m['rss_mb']:.0f} MB (peak {m['peak_mb']:.0f} MB)",
                                 f"<= {GOALS['rss_mb']:.0f} MB / 100,000")
         guarded("rss_mb", f"serve RSS, {n:,} devices", rss)
+
+    if "firmware" in only:
+        n, mb = cfg["fw_phones"], cfg["fw_mb"]
+        section(f"firmware, {n} phones download a {mb} MB image at once")
+
+        def fw():
+            r = firmware_bench.run(n, mb)
+            table.ratio("fw_mbps", f"firmware {n} phones x {mb} MB over HTTPS, at once", r["ours"], r["ref"], "nginx",
+                        unit=" MB/s", errors=r["failed_ours"] + r["failed_ref"])
+            table.ratio("fw_cpu", "firmware: MB served per server CPU second", 1024 / max(r["cpu_per_gb_ours"], 1e-9),
+                        1024 / max(r["cpu_per_gb_ref"], 1e-9), "nginx", unit=" MB/CPU-s")
+        guarded("fw_mbps", f"firmware {n} phones", fw)
 
     took = time.monotonic() - t_start
     print(f"\nprovisioner benchmarks{' (--quick)' if a.quick else ''}, {time.strftime('%Y-%m-%d %H:%M')}, "

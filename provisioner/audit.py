@@ -290,6 +290,8 @@ def run_audit(rt: Runtime, now: dt.datetime | None = None, probe: Callable | Non
     report.findings += check_store_orphans(rt, states)
     report.findings += check_registrars(rt)
     report.findings += check_routers(rt)
+    from provisioner.firmware.status import findings as firmware_findings
+    report.findings += firmware_findings(rt, now)  # below the policy, image not in the library, halts (issue 18)
     report.findings += check_audit_chain(rt)
     report.findings.sort(key=Finding.key)
     return report

@@ -18,6 +18,8 @@ from typing import Annotated, Any, Literal
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator,
                       model_validator)
 
+from provisioner.firmware.policy import (FirmwareSpec, RolloutSettings, RolloutSpec, freeze_firmware,
+                                         policy_problems, rollout_settings)
 from provisioner.macaddr import normalize_mac
 from provisioner.vendors import Catalog, VendorProfile
 from provisioner.yamlsrc import Problem, ProblemsError, Source, plain
@@ -107,6 +109,8 @@ class Settings(Strict):
     resync_interval: int | None = Field(default=None, ge=300, le=7 * 86400)
     registrar: Registrar | None = None
     policy: Policy | None = None
+    firmware: FirmwareSpec | None = None  # provisioner/firmware/policy.py (issue 18)
+    rollout: RolloutSpec | None = None
 
     @field_validator("timezone")
     @classmethod
@@ -323,6 +327,8 @@ class ResolvedSettings:
     resync_interval: int
     registrar: ResolvedRegistrar
     policy: ResolvedPolicy
+    firmware: str | tuple | None = None  # the firmware policy (provisioner/firmware/policy.py)
+    rollout: RolloutSettings = RolloutSettings()
 
     def __hash__(self) -> int:
         # the key of the per-settings render context: hashed once, not on every device's render
@@ -399,6 +405,7 @@ def resolve_settings(*levels: Settings, networks: list[str] = ()) -> ResolvedSet
         registrar=ResolvedRegistrar(**reg),
         policy=ResolvedPolicy(srtp=pol["srtp"], enrolment_hours=pol["enrolment_hours"], tftp=pol["tftp"],
                               auth=pol["auth"], blocked_prefixes=tuple(pol["blocked_prefixes"])),
+        firmware=freeze_firmware(s.get("firmware")), rollout=rollout_settings(s.get("rollout")),
     )
 
 
@@ -523,6 +530,8 @@ def _load_inventory(path: Path, catalog: Catalog) -> Inventory:
     if data.get("defaults") is not None:
         try:
             defaults = Defaults.model_validate(plain(data["defaults"]))
+            problems += [src.problem(("defaults", *p), m)
+                         for p, m in policy_problems(plain(data["defaults"]), catalog)]
         except ValidationError as e:
             problems.extend(src.problems_from(e, ("defaults",)))
 
@@ -561,6 +570,7 @@ def _load_inventory(path: Path, catalog: Catalog) -> Inventory:
             problems.append(src.problem(("sites", name), "site names use letters, digits and . _ + -"))
         try:
             sites[str(name)] = Site.model_validate(plain(raw) if raw is not None else {})
+            problems += [src.problem(("sites", name, *p), m) for p, m in policy_problems(plain(raw), catalog)]
         except ValidationError as e:
             problems.extend(src.problems_from(e, ("sites", name)))
     if not raw_sites:
@@ -588,6 +598,7 @@ def _load_inventory(path: Path, catalog: Catalog) -> Inventory:
         except ValidationError as e:
             problems.extend(src.problems_from(e, loc))
             continue
+        problems += [src.problem(loc + p, m) for p, m in policy_problems(plain(raw), catalog)]
         if dev.mac in devices:
             problems.append(src.problem(loc + ("mac",), f"duplicate MAC, already used by devices[{index[dev.mac]}]"))
             continue

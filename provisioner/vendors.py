@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from provisioner.credentials import PasswordRule
+from provisioner.firmware.model import FirmwareFacts
 from provisioner.macaddr import normalize_mac
 from provisioner.yamlsrc import Problem, ProblemsError, Source, plain
 from provisioner.zerotouch.model import ZeroTouch
@@ -183,6 +184,7 @@ class VendorProfile(Strict):
     min_firmware: str | None = None
     models: dict[str, Model]
     zero_touch: ZeroTouch = ZeroTouch()  # how a factory-fresh unit finds its server (issue 19)
+    firmware: FirmwareFacts = FirmwareFacts()  # how the family takes a new image from provisioning (issue 18)
 
     @field_validator("ouis")
     @classmethod
@@ -471,6 +473,11 @@ def load_catalog(vendors_dir: Path, templates_dir: Path | None = None) -> Catalo
                     t = getattr(spec, key)
                     if t and not (templates_dir / t).is_file():
                         problems.append(src.problem(("files", i, key), f"template {t} not found in {templates_dir}"))
+            for key in ("offer_file", "status_file"):  # firmware (issue 18)
+                f = getattr(prof.firmware, key)
+                if f is not None and not (templates_dir / f.template).is_file():
+                    problems.append(src.problem(("firmware", key, "template"),
+                                                f"template {f.template} not found in {templates_dir}"))
         vendors[prof.name] = prof
     if problems:
         raise ProblemsError(problems)

@@ -129,6 +129,14 @@ ZONES = ["Europe/Paris", "Asia/Kolkata", "America/New_York", "UTC", "Asia/Jerusa
          "Australia/Sydney", "America/St_Johns", "Europe/Dublin"]
 
 
+# what provisioner/firmware/rollout.py offer_context() gives a template (74 characters at most: Gigaset N510)
+FIRMWARE_OFFER = {"url": "https://prov.example.net:8443/fw/AbCdEfGhIjKlMnOpQrStUv/merkur245_42.bin",
+                  "dir_url": "https://prov.example.net:8443/fw/AbCdEfGhIjKlMnOpQrStUv/",
+                  "server_path": "prov.example.net:8443/fw/AbCdEfGhIjKlMnOpQrStUv",
+                  "status_url": "https://prov.example.net:8443/fw/AbCdEfGhIjKlMnOpQrStUv/firmware.xml",
+                  "version": "2.65.0", "filename": "merkur245_42.bin", "transport": "https"}
+
+
 def _variants(rt: Runtime, mac: str):
     """The device's context with every transport, SRTP policy, one of the zones, a registrar reached at
     another host than its domain, and no blocked prefixes: what a template may be asked to write."""
@@ -148,6 +156,8 @@ def _variants(rt: Runtime, mac: str):
             v["policy"] = {**v["policy"], "srtp": srtp, "blocked_prefixes": [] if n % 2 else
                            list(v["policy"]["blocked_prefixes"])}
             v["time"] = {**v["time"], **tz_facts(tz), "timezone": tz, "utc_offset": utc_offset(tz)[0]}
+            if n % 2 and vendor.firmware.supported:  # a staged rollout's offer (issue 18): the firmware keys
+                v["firmware"] = FIRMWARE_OFFER
             yield vendor, dataclasses.replace(ctx, shared=None)
 
 
@@ -169,6 +179,12 @@ def test_every_rendered_key_is_in_the_family_dictionary(rt, family, dictionaries
                         body = rt.renderer.render(vendor, template, values, "test", spec.xml_root)
                     findings += [str(f) for f in conforms(d, template, body)]
                     seen |= {d.entry(k)[0] for k, _ in keys_of(d, body) if d.entry(k)}
+                for spec in (vendor.firmware.offer_file, vendor.firmware.status_file):  # firmware files (issue 18)
+                    if spec is not None and "firmware" in ctx.values:
+                        values = {**common_context(vendor, dev.settings, dev.model), "firmware": FIRMWARE_OFFER}
+                        body = rt.renderer.render(vendor, spec.template, values, "test", spec.xml_root)
+                        findings += [str(f) for f in conforms(d, spec.template, body)]
+                        seen |= {d.entry(k)[0] for k, _ in keys_of(d, body) if d.entry(k)}
     assert not findings, "\n".join(sorted(set(findings)))
     assert seen, "nothing was checked"
 
@@ -449,3 +465,38 @@ def test_a_not_served_file_is_answered_alike_for_known_and_unknown_phones(boot_s
                              ).fetchall()
     got = poll(rows, lambda r: len(r) >= 3)
     assert sorted(got) == [("127.0.2.1", 404, 0), ("127.0.2.1", 404, 0), ("127.0.2.2", 401, 1)]
+
+
+# ---- firmware keys (issue 18): the offer renders each family's keys, all in its dictionary -----------------------
+
+def test_the_firmware_offer_writes_the_family_keys_and_only_known_ones(rt, family, dictionaries):
+    """A family that manages firmware carries the offered image's URL in the file its profile names (the trigger
+    file, or Polycom's per-phone master), every key in its dictionary with a source; the same file without an
+    offer carries none; a family that does not manage firmware (Fanvil) never writes one."""
+    d = dictionaries[family.vendor]
+    mac = family.macs[0]
+    dev = rt.inventory.device(mac)
+    vendor = rt.catalog.get(dev.vendor)
+    ctx = device_context(dev, vendor, generate_credentials(rt, dev))
+    facts = vendor.firmware
+    url = FIRMWARE_OFFER["url"].encode()
+    plain = rt.renderer.render(vendor, vendor.trigger.template, dict(ctx.values), "test", vendor.trigger.xml_root)
+    assert b"/fw/" not in plain, f"{vendor.name}: no firmware key without an offer"
+    if not facts.supported:
+        assert facts.why and facts.source, f"{vendor.name}: an unmanaged family says why and where that was read"
+        return
+    assert facts.why and facts.source
+    if facts.offer_file is not None:
+        spec = facts.offer_file
+        body = rt.renderer.render(vendor, spec.template, {**common_context(vendor, dev.settings, dev.model),
+                                                           "firmware": FIRMWARE_OFFER}, "test", spec.xml_root)
+    else:
+        body = rt.renderer.render(vendor, vendor.trigger.template, {**ctx.values, "firmware": FIRMWARE_OFFER},
+                                  "test", vendor.trigger.xml_root)
+    assert url in body or FIRMWARE_OFFER["server_path"].encode() in body or \
+        FIRMWARE_OFFER["status_url"].encode() in body, f"{vendor.name}: the offer is in the file"
+    assert not conforms(d, "offer", body)
+    new = {d.entry(k)[0] for k, _ in keys_of(d, body)} - {d.entry(k)[0] for k, _ in keys_of(d, plain)}
+    assert new or facts.offer_file, f"{vendor.name}: the offer adds keys"
+    for key in new:
+        assert d.params[key].source, key

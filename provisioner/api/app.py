@@ -528,4 +528,6 @@ def create_app(rt: Runtime, queue: JobQueue, on_submit=lambda: None) -> FastAPI:
             raise HTTPException(404, str(e)) from None
         return TokenOut(**{k: row[k] for k in TokenOut.model_fields})
 
+    from provisioner.firmware.api import add_routes as firmware_routes
+    firmware_routes(app, rt, role, errors, Problem)  # /api/v1/firmware/... (issue 18)
     return app

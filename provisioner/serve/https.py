@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from anyio import to_thread
 
+from provisioner.firmware import http as firmware_http
 from provisioner.serve.pipeline import MAX_UPLOAD, Pipeline, Request
 
 SECURITY_HEADERS = [(b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff")]
@@ -61,6 +62,9 @@ def create_app(pipeline: Pipeline):
         method = scope["method"]
         client = scope.get("client")
         cert = ((scope.get("extensions") or {}).get("tls") or {}).get("client_cert")
+        if scope["path"].startswith(firmware_http.PREFIX):  # images, streamed (provisioner/firmware/http.py)
+            await firmware_http.serve(pipeline, scope, receive, send)
+            return
         args = (pipeline, method, scope["path"], scope["headers"], client[0] if client else "0.0.0.0", cert)
         if method == "PUT" and scope["path"].startswith(PREFIX):
             body, more = b"", True

@@ -223,6 +223,8 @@ class Pipeline:
         self._cache = LruCache(CACHE_BYTES)
         self._served: dict[str, tuple[str, str, float]] = {}
         self._states: dict[str, tuple] = {}
+        from provisioner.firmware.serve import FirmwareService
+        self.firmware = FirmwareService(self)  # /fw/ images, and the firmware offer in configs (issue 18)
 
     def is_site_address(self, ip: str) -> bool:
         """Whether `ip` is in a site's networks, remembered per inventory (the guard asks on every failure)."""
@@ -243,7 +245,7 @@ class Pipeline:
 
     def handle(self, req: Request) -> Reply:
         if req.transport == "tftp":  # UDP: the source address proves nothing; TFTP has its own limits
-            reply = self._run(req, self._tftp)
+            reply = self._run(req, self._dispatch)
         else:
             verdict = self.guard.check(req.ip)
             if verdict is not None and (not verdict.soft or not (req.authorization or req.client_cert)):
@@ -253,7 +255,7 @@ class Pipeline:
                     return unauthorized(verdict.reason)
                 return Reply(verdict.status, b"too many failed requests\n" if verdict.status == 429
                              else b"forbidden\n", reason=verdict.reason, retry_after=verdict.retry_after)
-            reply = self._run(req, self._upload if req.method == "PUT" else self._https)
+            reply = self._run(req, self._dispatch)
             if reply.failure:
                 self.guard.failure(req.ip, reply.mac)
             elif reply.status in (200, 201) and reply.mac:
@@ -265,6 +267,14 @@ class Pipeline:
         if self.recorder:
             self.recorder.record(req, reply)
         return reply
+
+    def _dispatch(self, req: Request) -> Reply:
+        reply = self.firmware.handle(req)  # /fw/ images, Polycom's per-phone master (issue 18)
+        if reply is not None:
+            return reply
+        if req.transport == "tftp":
+            return self._tftp(req)
+        return self._upload(req) if req.method == "PUT" else self._https(req)
 
     @staticmethod
     def _run(req: Request, step) -> Reply:
@@ -598,6 +608,8 @@ class Pipeline:
             if st.pending_hash == digest and store.promote_pending(mac, digest, now):
                 self._forget(mac)
                 log.info("device %s fetched the config of its new credential generation", mac)
+            # a firmware offer is added to what is served, not to the config's hash (provisioner/firmware/)
+            body = self.firmware.overlay(req, m, dev, creds, body)
         return Reply(200, body, reason=f"served by {how}", mac=mac, digest=digest)
 
     # ---- uploads (local overrides) -----------------------------------------------------------------

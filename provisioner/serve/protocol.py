@@ -173,7 +173,8 @@ class PhoneProtocol(HttpToolsProtocol):
         method = self.parser.get_method()
         if (self.direct is not None and method in (b"GET", b"HEAD") and not self.parser.should_upgrade()
                 and (self.cycle is None or self.cycle.response_complete) and not self.pipeline
-                and (self.limit_concurrency is None or len(self.connections) < self.limit_concurrency)):
+                and (self.limit_concurrency is None or len(self.connections) < self.limit_concurrency)
+                and not self.url.startswith(b"/fw/")):  # firmware images are streamed by the ASGI app (issue 18)
             path = httptools.parse_url(self.url).path.decode("ascii")  # as uvicorn does: a bad URL is a 400
             self._pending = (method.decode(), urllib.parse.unquote(path) if "%" in path else path)
             return

@@ -332,6 +332,8 @@ class TftpService:
         reply = self.pipeline.handle(Request("tftp", path, raddress or "0.0.0.0"))
         if reply.status != 200:
             return None
+        if hasattr(reply, "open"):  # a firmware image, read from the library (provisioner/firmware/serve.py)
+            return reply.open()
         return io.BytesIO(reply.body)  # safe: our loop never flocks it (see the module docstring)
 
     def _supervise(self) -> None:

@@ -74,7 +74,7 @@ async def serve(pipeline: Pipeline, scope, receive, send) -> None:
     if getattr(reply, "path", None) is None:  # not an image (firmware.serve.FileReply): a plain answer
         extra = []
         if reply.status == 401:
-            extra.append((b"www-authenticate", pipeline.digest.challenge(stale=reply.stale).encode()))
+            extra.append((b"www-authenticate", pipeline.digest.challenge(req.ip, stale=reply.stale).encode()))
         if reply.retry_after:
             extra.append((b"retry-after", str(reply.retry_after).encode()))
         await _plain(send, reply.status, reply.body, reply.content_type, extra, head)
